@@ -1,0 +1,136 @@
+//! Discovery documents (`/apis`, `/apis/<group>`, `/apis/<group>/<version>`), `/version` and
+//! a minimal OpenAPI document for the aggregator.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::Response,
+};
+use serde_json::json;
+
+use super::{
+    ApiError, GROUPS, GroupDef,
+    types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
+    wants_pretty, wire_version, json_response,
+};
+use crate::app::SharedState;
+
+type Params = Query<BTreeMap<String, String>>;
+
+fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
+    let group_version =
+        |version: &str| GroupVersion { group_version: format!("{}/{version}", def.name), version: version.to_owned() };
+    ApiGroup {
+        kind: with_type_meta.then_some("APIGroup"),
+        api_version: with_type_meta.then_some("v1"),
+        name: def.name.to_owned(),
+        versions: def.versions.iter().map(|v| group_version(v)).collect(),
+        preferred_version: group_version(def.versions[0]),
+    }
+}
+
+pub(super) async fn group_list(Query(params): Params) -> Response {
+    let list = ApiGroupList {
+        kind: "APIGroupList",
+        api_version: "v1",
+        groups: GROUPS.iter().map(|def| api_group(def, false)).collect(),
+    };
+    json_response(StatusCode::OK, &list, wants_pretty(&params))
+}
+
+pub(super) async fn group(Path(group): Path<String>, Query(params): Params) -> Response {
+    match GROUPS.iter().find(|def| def.name == group) {
+        Some(def) => json_response(StatusCode::OK, &api_group(def, true), wants_pretty(&params)),
+        None => axum::response::IntoResponse::into_response(ApiError::unknown_route()),
+    }
+}
+
+/// One entry per (resource, metric) pair discovered, sorted; `resources: []` before discovery.
+pub(super) async fn resource_list(
+    State(state): State<SharedState>,
+    Path((group, version)): Path<(String, String)>,
+    Query(params): Params,
+) -> Response {
+    if wire_version(&group, &version).is_none() {
+        return axum::response::IntoResponse::into_response(ApiError::unknown_route());
+    }
+    let discovery = state.discovery.load();
+    let resources = discovery
+        .iter()
+        .map(|(metric, entry)| ApiResource {
+            name: format!("{}/{metric}", entry.resource.group_resource()),
+            singular_name: String::new(),
+            namespaced: entry.resource.namespaced,
+            kind: "MetricValueList",
+            verbs: vec!["get"],
+        })
+        .collect();
+    let list =
+        ApiResourceList { kind: "APIResourceList", api_version: "v1", group_version: format!("{group}/{version}"), resources };
+    json_response(StatusCode::OK, &list, wants_pretty(&params))
+}
+
+pub(super) async fn version(Query(params): Params) -> Response {
+    let info = VersionInfo {
+        major: "",
+        minor: "",
+        git_version: concat!("v", env!("CARGO_PKG_VERSION")).to_owned(),
+        git_commit: "",
+        git_tree_state: "",
+        build_date: "",
+        go_version: "",
+        compiler: "rustc",
+        platform: format!("{}/{}", std::env::consts::OS, go_arch()),
+    };
+    json_response(StatusCode::OK, &info, wants_pretty(&params))
+}
+
+/// Go's GOARCH spelling of this machine's architecture.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    }
+}
+
+/// A valid Swagger 2.0 document naming the served paths; the aggregator merges it into the
+/// cluster's OpenAPI and only logs noise when it is missing.
+pub(super) async fn openapi_v2(Query(params): Params) -> Response {
+    let mut paths = serde_json::Map::new();
+    for def in GROUPS {
+        for version in def.versions {
+            let prefix = format!("/apis/{}/{version}", def.name);
+            for suffix in [
+                "/namespaces/{namespace}/{resource}/{name}/{metric}",
+                "/{resource}/{name}/{metric}",
+                "/namespaces/{namespace}/metrics/{metric}",
+            ] {
+                let operation = json!({
+                    "get": {
+                        "description": "read a custom metric of the described object(s)",
+                        "produces": ["application/json"],
+                        "schemes": ["https"],
+                        "operationId": format!("read{}{}{}", def.name.replace(['.', '-'], ""), version, suffix.replace(['/', '{', '}'], "")),
+                        "responses": {"200": {"description": "MetricValueList"}}
+                    }
+                });
+                paths.insert(format!("{prefix}{suffix}"), operation);
+            }
+        }
+    }
+    let document = json!({
+        "swagger": "2.0",
+        "info": {"title": "custom-metrics-adapter", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "definitions": {}
+    });
+    json_response(StatusCode::OK, &document, wants_pretty(&params))
+}
+
+pub(super) async fn openapi_v3(Query(params): Params) -> Response {
+    json_response(StatusCode::OK, &json!({"paths": {}}), wants_pretty(&params))
+}

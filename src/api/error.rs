@@ -1,0 +1,118 @@
+//! Errors answered to clients: Kubernetes `Status` objects with the code and reason the Go API
+//! machinery would use, and messages that say which stage failed and what to fix.
+
+use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+
+use super::types::{ListMeta, Status, StatusCause, StatusDetails};
+
+/// An error on its way to the client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: Status,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: String, details: Option<StatusDetails>) -> Self {
+        Self {
+            status: Status {
+                kind: "Status",
+                api_version: "v1",
+                metadata: ListMeta::default(),
+                status: "Failure",
+                message,
+                reason,
+                details,
+                code,
+            },
+        }
+    }
+
+    /// 404 NotFound without details, as prometheus-adapter writes it.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, "NotFound", message.into(), None)
+    }
+
+    /// 404 for a path no route serves, as the Go mux answers it (`details: {}`).
+    pub fn unknown_route() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+            Some(StatusDetails::default()),
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource".into(),
+            Some(StatusDetails::default()),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message.into(), None)
+    }
+
+    /// 500 InternalError: `Internal error occurred: <cause>` with the cause repeated in details.
+    pub fn internal(cause: impl Into<String>) -> Self {
+        let cause = cause.into();
+        let details = StatusDetails { causes: vec![StatusCause { message: cause.clone() }], ..Default::default() };
+        Self::new(500, "InternalError", format!("Internal error occurred: {cause}"), Some(details))
+    }
+
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message.into(), None)
+    }
+
+    /// 504 Timeout: `Timeout: <message>`, with a retry hint.
+    pub fn timeout(message: impl Into<String>, retry_after_seconds: u32) -> Self {
+        let details = StatusDetails { retry_after_seconds: Some(retry_after_seconds), ..Default::default() };
+        Self::new(504, "Timeout", format!("Timeout: {}", message.into()), Some(details))
+    }
+
+    pub fn code(&self) -> u16 {
+        self.status.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.status.message
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status.code, self.status.reason, self.status.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        super::json_response(code, &self.status, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_matches_go() {
+        let body = serde_json::to_string(&ApiError::not_found("the server could not find the metric x for pods").status)
+            .unwrap();
+        assert_eq!(
+            body,
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the metric x for pods","reason":"NotFound","code":404}"#
+        );
+        let body = serde_json::to_string(&ApiError::internal("unable to fetch metrics").status).unwrap();
+        assert_eq!(
+            body,
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Internal error occurred: unable to fetch metrics","reason":"InternalError","details":{"causes":[{"message":"unable to fetch metrics"}]},"code":500}"#
+        );
+        let body = serde_json::to_string(&ApiError::unknown_route().status).unwrap();
+        assert!(body.contains(r#""details":{},"code":404"#), "{body}");
+    }
+}

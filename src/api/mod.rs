@@ -1,0 +1,130 @@
+//! The Kubernetes-facing HTTP surface: routes, discovery, health, and the custom metrics handlers.
+
+mod custom;
+mod discovery;
+pub mod error;
+pub mod types;
+
+use std::{collections::BTreeMap, time::Instant};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Query, Request, State},
+    http::{HeaderValue, StatusCode, header::CONTENT_TYPE},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+
+pub use error::ApiError;
+
+use crate::app::SharedState;
+
+/// A served API group and its versions, preferred first.
+pub struct GroupDef {
+    pub name: &'static str,
+    pub versions: &'static [&'static str],
+}
+
+/// Every group this server answers. `custom-metrics.metrics.k8s.io` is the group some tutorials
+/// register; it has the same wire format as `custom.metrics.k8s.io/v1beta1`.
+pub const GROUPS: &[GroupDef] = &[
+    GroupDef { name: "custom.metrics.k8s.io", versions: &["v1beta2", "v1beta1"] },
+    GroupDef { name: "custom-metrics.metrics.k8s.io", versions: &["v1beta1"] },
+];
+
+/// The wire format of a served group/version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireVersion {
+    V1Beta1,
+    V1Beta2,
+}
+
+/// Finds a served group/version.
+pub fn wire_version(group: &str, version: &str) -> Option<WireVersion> {
+    let def = GROUPS.iter().find(|g| g.name == group)?;
+    def.versions.iter().find(|v| **v == version).map(|v| match *v {
+        "v1beta2" => WireVersion::V1Beta2,
+        _ => WireVersion::V1Beta1,
+    })
+}
+
+/// The router for every path this server answers.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/apis", get(discovery::group_list))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::resource_list))
+        .route("/apis/{group}/{version}/{*path}", get(custom::get_metric))
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(ready))
+        .route("/healthz/ping", get(health))
+        .route("/livez/ping", get(health))
+        .route("/readyz/ping", get(health))
+        .route("/version", get(discovery::version))
+        .route("/openapi/v2", get(discovery::openapi_v2))
+        .route("/openapi/v3", get(discovery::openapi_v3))
+        .fallback(|| async { ApiError::unknown_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// Serialises `value` as the Go API server does: compact (or 2-space indented with `?pretty`),
+/// with a trailing newline, as `application/json`.
+pub fn json_response<T: Serialize>(code: StatusCode, value: &T, pretty: bool) -> Response {
+    let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
+    match body {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = code;
+            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "Serialising a response failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "serialisation failed").into_response()
+        }
+    }
+}
+
+/// `?pretty=true` as the Go API server reads it.
+fn wants_pretty(params: &BTreeMap<String, String>) -> bool {
+    params.get("pretty").is_some_and(|v| v == "true" || v == "1")
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<SharedState>, Query(params): Query<BTreeMap<String, String>>) -> Response {
+    let verbose = params.contains_key("verbose");
+    if state.is_ready() {
+        let body = if verbose { "[+]ping ok\n[+]metric-discovery ok\nreadyz check passed\n" } else { "ok" };
+        return (StatusCode::OK, body).into_response();
+    }
+    let body = "[+]ping ok\n[-]metric-discovery failed: the first listing of Prometheus series has not finished\nreadyz check failed\n";
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// One structured log line per request; health probes only at debug level.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let probe = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz");
+    if probe {
+        tracing::debug!(%method, %path, status, latency_ms, "HTTP");
+    } else {
+        tracing::info!(%method, %path, query = query.as_deref().unwrap_or(""), status, latency_ms, "HTTP");
+    }
+    response
+}

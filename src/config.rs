@@ -1,0 +1,235 @@
+//! Command-line flags, named as prometheus-adapter names them, and the small parsers they need.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid duration {0:?}: expected a Go duration such as 30s, 2m or 1h30m")]
+    Duration(String),
+    #[error("invalid --prometheus-header {0:?}: expected Key=Value")]
+    Header(String),
+    #[error("--metrics-max-age ({max_age:?}) must not be shorter than --metrics-relist-interval ({relist:?})")]
+    MaxAge { max_age: Duration, relist: Duration },
+    #[error("--rate-interval must be at least 1ms")]
+    RateInterval,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The HTTP method used for Prometheus API calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum PrometheusVerb {
+    Get,
+    Post,
+}
+
+/// Flags of the `custom-metrics-adapter` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "custom-metrics-adapter", version, about = "Kubernetes custom metrics API server backed by Prometheus")]
+pub struct Args {
+    /// Port to serve HTTPS on.
+    #[arg(long, default_value_t = 6443)]
+    pub secure_port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Serving certificate (PEM). Without it a self-signed certificate is kept in --cert-dir.
+    #[arg(long, requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Directory for the self-signed certificate (apiserver.crt, apiserver.key); reused on restart.
+    #[arg(long, default_value = "apiserver.local.config/certificates")]
+    pub cert_dir: PathBuf,
+    /// Serve HTTP/1.1 only (CVE-2023-44487 mitigation).
+    #[arg(long)]
+    pub disable_http2: bool,
+
+    /// Prometheus base URL; a path prefix is kept (e.g. http://thanos:9090/prometheus).
+    #[arg(long, default_value = "https://localhost")]
+    pub prometheus_url: String,
+    /// Extra header for every Prometheus call, Key=Value (repeatable).
+    #[arg(long = "prometheus-header", value_name = "KEY=VALUE")]
+    pub prometheus_headers: Vec<String>,
+    /// File holding a bearer token for Prometheus.
+    #[arg(long)]
+    pub prometheus_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) to verify Prometheus' serving certificate.
+    #[arg(long)]
+    pub prometheus_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to Prometheus.
+    #[arg(long, requires = "prometheus_client_tls_key_file")]
+    pub prometheus_client_tls_cert_file: Option<PathBuf>,
+    /// Key of --prometheus-client-tls-cert-file (PEM).
+    #[arg(long, requires = "prometheus_client_tls_cert_file")]
+    pub prometheus_client_tls_key_file: Option<PathBuf>,
+    /// HTTP method for Prometheus API calls.
+    #[arg(long, value_enum, default_value = "GET")]
+    pub prometheus_verb: PrometheusVerb,
+    /// Timeout of every Prometheus call.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub prometheus_timeout: Duration,
+
+    /// Window of rate() for counters.
+    #[arg(long, default_value = "2m", value_parser = parse_go_duration)]
+    pub rate_interval: Duration,
+    /// How often the list of available metrics is refreshed from Prometheus.
+    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
+    pub metrics_relist_interval: Duration,
+    /// Only series with samples this recent are discovered (default: the relist interval).
+    #[arg(long, value_parser = parse_go_duration)]
+    pub metrics_max_age: Option<Duration>,
+
+    /// YAML file listing the namespaces, pods and services that exist (see README).
+    #[arg(long)]
+    pub objects_file: Option<PathBuf>,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Args {
+    /// Checks relations between flags that clap cannot express.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(max_age) = self.metrics_max_age
+            && max_age < self.metrics_relist_interval
+        {
+            return Err(Error::MaxAge { max_age, relist: self.metrics_relist_interval });
+        }
+        if self.rate_interval < Duration::from_millis(1) {
+            return Err(Error::RateInterval);
+        }
+        for header in &self.prometheus_headers {
+            parse_header(header)?;
+        }
+        Ok(())
+    }
+
+    pub fn metrics_max_age(&self) -> Duration {
+        self.metrics_max_age.unwrap_or(self.metrics_relist_interval)
+    }
+}
+
+/// Splits `Key=Value` on the first `=`, as prometheus-adapter does (a missing value is empty).
+pub fn parse_header(s: &str) -> Result<(String, String)> {
+    let (key, value) = s.split_once('=').unwrap_or((s, ""));
+    if key.trim().is_empty() {
+        return Err(Error::Header(s.to_owned()));
+    }
+    Ok((key.trim().to_owned(), value.to_owned()))
+}
+
+/// Parses a Go `time.ParseDuration` string: a sequence of decimal numbers with units
+/// `ns`, `us`, `µs`, `ms`, `s`, `m`, `h` (e.g. `300ms`, `1.5h`, `2h45m`). Negative durations are refused.
+pub fn parse_go_duration(s: &str) -> Result<Duration> {
+    let err = || Error::Duration(s.to_owned());
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return Err(err());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let nanos_per_unit = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(err()),
+        };
+        rest = &rest[unit_len..];
+        total += number * nanos_per_unit;
+    }
+    if !total.is_finite() || total > u64::MAX as f64 {
+        return Err(err());
+    }
+    Ok(Duration::from_nanos(total.round() as u64))
+}
+
+/// Renders a duration as a PromQL range duration in its largest exact unit (`2m`, `90s`, `1500ms`).
+pub fn promql_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let secs = ms / 1000;
+    match secs {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let cases = [
+            ("2m", 120_000),
+            ("10s", 10_000),
+            ("1h30m", 5_400_000),
+            ("1.5m", 90_000),
+            ("300ms", 300),
+            ("0", 0),
+            ("1m30s", 90_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_go_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
+        }
+        for bad in ["", "2", "m", "2x", "-1s", "1..2s", "2 m"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn promql_durations() {
+        assert_eq!(promql_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(promql_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(promql_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(promql_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(parse_header("X-Scope-OrgID=team=a").unwrap(), ("X-Scope-OrgID".into(), "team=a".into()));
+        assert_eq!(parse_header("X-Empty").unwrap(), ("X-Empty".into(), "".into()));
+        assert!(parse_header("=v").is_err());
+    }
+
+    #[test]
+    fn flag_defaults_match_prometheus_adapter() {
+        let args = Args::try_parse_from(["custom-metrics-adapter"]).unwrap();
+        assert_eq!(args.secure_port, 6443);
+        assert_eq!(args.rate_interval, Duration::from_secs(120));
+        assert_eq!(args.metrics_relist_interval, Duration::from_secs(60));
+        assert_eq!(args.metrics_max_age(), Duration::from_secs(60));
+        assert_eq!(args.prometheus_timeout, Duration::from_secs(10));
+        assert_eq!(args.prometheus_verb, PrometheusVerb::Get);
+        let args = Args::try_parse_from(["x", "--prometheus-verb", "POST", "--metrics-max-age", "30s"]).unwrap();
+        assert_eq!(args.prometheus_verb, PrometheusVerb::Post);
+        assert!(args.validate().is_err(), "max age below relist interval");
+        assert!(Args::try_parse_from(["x", "--tls-cert-file", "a.crt"]).is_err(), "key file required");
+    }
+}

@@ -1,0 +1,18 @@
+//! custom-metrics-adapter: a Kubernetes custom metrics API server backed by Prometheus.
+//!
+//! A request reads straight through the modules: [`server`] (TLS) → [`api`] (route, wire types,
+//! Status errors) → [`rules`] (naming, PromQL) → [`objects`] / [`prometheus`] → [`quantity`] → JSON.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod objects;
+pub mod prometheus;
+pub mod quantity;
+pub mod rules;
+pub mod selector;
+pub mod server;
+pub mod telemetry;
+
+pub use app::run;

@@ -1,0 +1,40 @@
+//! Which Kubernetes objects exist: the resource table and object sources behind one small trait.
+
+mod resources;
+mod static_file;
+
+pub use resources::{ResourceInfo, Resources};
+pub use static_file::StaticObjects;
+
+use crate::selector::Selector;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read objects file {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("invalid objects file {path}: {message}")]
+    Parse { path: std::path::PathBuf, message: String },
+    #[error("the object source {source_name} does not know {resource}; it lists {known}")]
+    UnsupportedResource { source_name: String, resource: String, known: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A reference to one object: its namespace (None for cluster-scoped objects) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Answers "which objects of this resource exist", from memory (never a request to the API server per call).
+pub trait ObjectSource: Send + Sync {
+    /// Objects of `resource` in `namespace` (every namespace when `None`) whose labels match `selector`.
+    fn list(&self, resource: &ResourceInfo, namespace: Option<&str>, selector: &Selector) -> Result<Vec<ObjectRef>>;
+
+    /// Whether the named object exists.
+    fn exists(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<bool>;
+
+    /// A short description for error messages, e.g. `objects file /etc/objects.yaml`.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,348 @@
+//! Discovery rules: which Prometheus series become which API metrics, for which resources, and the
+//! PromQL a request runs. The rule model is prometheus-adapter's (`seriesQuery`, `seriesFilters`,
+//! `resources`, `name`, `metricsQuery`); the built-in rules are its config-gen defaults.
+
+mod discovery;
+pub mod promql;
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+
+pub use discovery::{Discovery, MetricEntry};
+
+use crate::{
+    objects::{ResourceInfo, Resources},
+    selector::Selector,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid regular expression {pattern:?} in rule {rule}: {source}")]
+    Regex { rule: usize, pattern: String, source: Box<regex::Error> },
+    #[error("rule {rule}: name.matches {pattern:?} has {groups} capture groups, so name.as must say which to use")]
+    AmbiguousAs { rule: usize, pattern: String, groups: usize },
+    #[error("rule {rule} maps no series label to {resource}, so it cannot select {resource} in PromQL")]
+    NoLabelForResource { rule: usize, resource: String },
+    #[error(transparent)]
+    Selector(#[from] promql::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A filter on the series name (`seriesFilters`): every filter of a rule must pass.
+#[derive(Debug, Clone)]
+pub enum SeriesFilter {
+    Is(Regex),
+    IsNot(Regex),
+}
+
+impl SeriesFilter {
+    fn passes(&self, name: &str) -> bool {
+        match self {
+            Self::Is(re) => re.is_match(name),
+            Self::IsNot(re) => !re.is_match(name),
+        }
+    }
+}
+
+/// How series labels relate to Kubernetes resources (`resources` in a rule).
+#[derive(Debug, Clone, Default)]
+pub struct ResourceMapping {
+    /// Label name → resource as written in the config (`pod` → `pods`).
+    pub overrides: BTreeMap<String, String>,
+    /// A `<<.Resource>>`/`<<.Group>>` pattern that turns a label name into a resource and back.
+    pub template: Option<String>,
+}
+
+/// One discovery rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub series_query: String,
+    pub filters: Vec<SeriesFilter>,
+    pub name_matches: Regex,
+    pub name_as: String,
+    pub resources: ResourceMapping,
+    pub metrics_query: String,
+    template_regex: Option<Regex>,
+}
+
+impl Rule {
+    /// Builds a rule, applying prometheus-adapter's defaults: `matches` defaults to `.*`, and an empty
+    /// `as` means `$0` without capture groups, `$1` with exactly one.
+    pub fn new(
+        index: usize,
+        series_query: &str,
+        filters: Vec<SeriesFilter>,
+        name_matches: Option<&str>,
+        name_as: Option<&str>,
+        resources: ResourceMapping,
+        metrics_query: &str,
+    ) -> Result<Self> {
+        let pattern = name_matches.filter(|m| !m.is_empty()).unwrap_or(".*");
+        let name_matches = compile(index, pattern)?;
+        let name_as = match name_as.filter(|a| !a.is_empty()) {
+            Some(name_as) => name_as.to_owned(),
+            None => match name_matches.captures_len() - 1 {
+                0 => "$0".to_owned(),
+                1 => "$1".to_owned(),
+                groups => return Err(Error::AmbiguousAs { rule: index, pattern: pattern.into(), groups }),
+            },
+        };
+        let template_regex = match &resources.template {
+            Some(template) => Some(compile(index, &template_to_regex(template))?),
+            None => None,
+        };
+        Ok(Self {
+            series_query: series_query.to_owned(),
+            filters,
+            name_matches,
+            name_as,
+            resources,
+            metrics_query: metrics_query.to_owned(),
+            template_regex,
+        })
+    }
+
+    /// The API metric name for a series name, or None when the rule does not take the series.
+    pub fn metric_name(&self, series: &str) -> Option<String> {
+        if !self.name_matches.is_match(series) || !self.filters.iter().all(|f| f.passes(series)) {
+            return None;
+        }
+        let name = self.name_matches.replace_all(series, self.name_as.as_str()).into_owned();
+        (!name.is_empty()).then_some(name)
+    }
+
+    /// The resource a series label names under this rule, if any.
+    pub fn resource_for_label<'r>(&self, label: &str, resources: &'r Resources) -> Option<&'r ResourceInfo> {
+        if let Some(resource) = self.resources.overrides.get(label) {
+            return resources.resolve(resource);
+        }
+        let captures = self.template_regex.as_ref()?.captures(label)?;
+        let resource = captures.name("resource")?.as_str();
+        match captures.name("group") {
+            Some(group) => resources.resolve(&format!("{resource}.{}", group.as_str())),
+            None => resources.for_label(resource),
+        }
+    }
+
+    /// The series label that holds the names of `resource`'s objects under this rule.
+    pub fn label_for_resource(&self, resource: &ResourceInfo, resources: &Resources) -> Option<String> {
+        let by_override = self
+            .resources
+            .overrides
+            .iter()
+            .find(|(_, r)| resources.resolve(r).is_some_and(|r| r == resource))
+            .map(|(label, _)| label.clone());
+        by_override.or_else(|| {
+            let template = self.resources.template.as_ref()?;
+            let group = resource.group.replace(['.', '-'], "_");
+            Some(template.replace("<<.Resource>>", &resource.singular).replace("<<.Group>>", &group))
+        })
+    }
+}
+
+fn compile(rule: usize, pattern: &str) -> Result<Regex> {
+    Regex::new(pattern).map_err(|source| Error::Regex { rule, pattern: pattern.into(), source: Box::new(source) })
+}
+
+/// Turns a resource template into an anchored regex with `resource` and `group` captures.
+fn template_to_regex(template: &str) -> String {
+    let escaped = regex::escape(template);
+    let escaped = escaped.replace(&regex::escape("<<.Resource>>"), "(?P<resource>.+?)");
+    let escaped = escaped.replace(&regex::escape("<<.Group>>"), "(?P<group>.+?)");
+    format!("^{escaped}$")
+}
+
+/// prometheus-adapter's six default rules (its `config-gen`), with the given rate window.
+pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
+    const CONTAINER_SERIES: &str = r#"{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}"#;
+    const OTHER_SERIES: &str = r#"{namespace!="",__name__!~"^container_.*"}"#;
+    let container_rate = format!(
+        "sum(rate(<<.Series>>{{<<.LabelMatchers>>,container!=\"POD\"}}[{rate_interval}])) by (<<.GroupBy>>)"
+    );
+    let container_gauge = "sum(<<.Series>>{<<.LabelMatchers>>,container!=\"POD\"}) by (<<.GroupBy>>)";
+    let rate = format!("sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{rate_interval}])) by (<<.GroupBy>>)");
+    let gauge = "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)";
+    let container_labels = ResourceMapping {
+        overrides: BTreeMap::from([("namespace".into(), "namespace".into()), ("pod".into(), "pod".into())]),
+        template: None,
+    };
+    let any_resource = ResourceMapping { overrides: BTreeMap::new(), template: Some("<<.Resource>>".into()) };
+    let is_not = |i, p| compile(i, p).map(SeriesFilter::IsNot);
+    Ok(vec![
+        Rule::new(
+            0,
+            CONTAINER_SERIES,
+            vec![],
+            Some("^container_(.*)_seconds_total$"),
+            None,
+            container_labels.clone(),
+            &container_rate,
+        )?,
+        Rule::new(
+            1,
+            CONTAINER_SERIES,
+            vec![is_not(1, "^container_.*_seconds_total$")?],
+            Some("^container_(.*)_total$"),
+            None,
+            container_labels.clone(),
+            &container_rate,
+        )?,
+        Rule::new(
+            2,
+            CONTAINER_SERIES,
+            vec![is_not(2, "^container_.*_total$")?],
+            Some("^container_(.*)$"),
+            None,
+            container_labels,
+            container_gauge,
+        )?,
+        Rule::new(3, OTHER_SERIES, vec![is_not(3, ".*_total$")?], None, None, any_resource.clone(), gauge)?,
+        Rule::new(
+            4,
+            OTHER_SERIES,
+            vec![is_not(4, ".*_seconds_total")?],
+            Some("^(.*)_total$"),
+            None,
+            any_resource.clone(),
+            &rate,
+        )?,
+        Rule::new(5, OTHER_SERIES, vec![], Some("^(.*)_seconds_total$"), None, any_resource, &rate)?,
+    ])
+}
+
+/// What a request asks of one metric.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryRequest<'a> {
+    pub resource: &'a ResourceInfo,
+    /// The namespace from the path; None for root-scoped requests.
+    pub namespace: Option<&'a str>,
+    /// The objects to select; None selects every object that has a series.
+    pub names: Option<&'a [String]>,
+    pub metric_selector: &'a Selector,
+}
+
+/// A rendered query and the labels that map its samples back to objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub promql: String,
+    pub resource_label: String,
+    /// Set when samples carry the object's namespace (namespaced resources).
+    pub namespace_label: Option<String>,
+}
+
+/// Renders the rule's `metricsQuery` for a request.
+pub fn build_query(rule: &Rule, index: usize, series: &str, req: QueryRequest<'_>, resources: &Resources) -> Result<Query> {
+    let no_label = |resource: &ResourceInfo| Error::NoLabelForResource { rule: index, resource: resource.group_resource() };
+    let resource_label = rule.label_for_resource(req.resource, resources).ok_or_else(|| no_label(req.resource))?;
+    let namespace_label = match (req.resource.namespaced, resources.namespaces()) {
+        (true, Some(namespaces)) => Some(rule.label_for_resource(namespaces, resources).ok_or_else(|| no_label(namespaces))?),
+        _ => None,
+    };
+
+    let mut matchers = promql::selector_matchers(req.metric_selector)?;
+    let mut group_by = vec![resource_label.clone()];
+    if let Some(namespace_label) = &namespace_label {
+        match req.namespace {
+            Some(namespace) => matchers.push(promql::matcher(namespace_label, promql::MatchOp::Eq, namespace)),
+            // A cluster-wide request for a namespaced resource keeps objects of different namespaces apart.
+            None => group_by.push(namespace_label.clone()),
+        }
+    }
+    matchers.push(match req.names {
+        Some(names) => promql::names_matcher(&resource_label, names),
+        None => promql::matcher(&resource_label, promql::MatchOp::Ne, ""),
+    });
+
+    let promql = rule
+        .metrics_query
+        .replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", &matchers.join(","))
+        .replace("<<.GroupBy>>", &group_by.join(","));
+    Ok(Query { promql, resource_label, namespace_label })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(rules: &[Rule], series: &str) -> Vec<(usize, String)> {
+        rules.iter().enumerate().filter_map(|(i, r)| r.metric_name(series).map(|n| (i, n))).collect()
+    }
+
+    #[test]
+    fn default_naming_matches_prometheus_adapter() {
+        let rules = default_rules("2m").unwrap();
+        assert_eq!(name(&rules, "http_requests_total"), [(4, "http_requests".to_owned())]);
+        assert_eq!(name(&rules, "process_cpu_seconds_total"), [(5, "process_cpu".to_owned())]);
+        assert_eq!(name(&rules, "queue_depth"), [(3, "queue_depth".to_owned())]);
+        assert_eq!(name(&rules, "container_cpu_usage_seconds_total"), [(0, "cpu_usage".to_owned())]);
+        assert_eq!(name(&rules, "container_network_receive_bytes_total"), [(1, "network_receive_bytes".to_owned())]);
+        assert_eq!(name(&rules, "container_memory_usage_bytes"), [(2, "memory_usage_bytes".to_owned())]);
+    }
+
+    #[test]
+    fn labels_map_to_resources_both_ways() {
+        let rules = default_rules("2m").unwrap();
+        let resources = Resources::default();
+        let template_rule = &rules[4];
+        assert_eq!(template_rule.resource_for_label("pod", &resources).map(|r| r.kind.as_str()), Some("Pod"));
+        assert_eq!(template_rule.resource_for_label("service", &resources).map(|r| r.kind.as_str()), Some("Service"));
+        assert!(template_rule.resource_for_label("instance", &resources).is_none());
+        let services = resources.resolve("svc").unwrap();
+        assert_eq!(template_rule.label_for_resource(services, &resources).as_deref(), Some("service"));
+        let container_rule = &rules[0];
+        assert!(container_rule.resource_for_label("service", &resources).is_none());
+        let pods = resources.resolve("pods").unwrap();
+        assert_eq!(container_rule.label_for_resource(pods, &resources).as_deref(), Some("pod"));
+        assert!(container_rule.label_for_resource(services, &resources).is_none());
+    }
+
+    #[test]
+    fn queries_for_the_seed_requests() {
+        let rules = default_rules("2m").unwrap();
+        let resources = Resources::default();
+        let everything = Selector::parse("").unwrap();
+        let service = resources.resolve("services").unwrap();
+        let names = ["sample-metrics-app".to_owned()];
+        let req = QueryRequest { resource: service, namespace: Some("default"), names: Some(&names), metric_selector: &everything };
+        let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
+        assert_eq!(
+            query.promql,
+            r#"sum(rate(http_requests_total{namespace="default",service="sample-metrics-app"}[2m])) by (service)"#
+        );
+        assert_eq!(query.resource_label, "service");
+        assert_eq!(query.namespace_label.as_deref(), Some("namespace"));
+
+        let pods = resources.resolve("pods").unwrap();
+        let names = ["a.1".to_owned(), "b".to_owned()];
+        let selector = Selector::parse("verb in (GET,POST),code!=500").unwrap();
+        let req = QueryRequest { resource: pods, namespace: Some("prod"), names: Some(&names), metric_selector: &selector };
+        let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
+        assert_eq!(
+            query.promql,
+            r#"sum(rate(http_requests_total{code!="500",verb=~"GET|POST",namespace="prod",pod=~"a\\.1|b"}[2m])) by (pod)"#
+        );
+
+        let req = QueryRequest { resource: pods, namespace: None, names: None, metric_selector: &everything };
+        let query = build_query(&rules[3], 3, "queue_depth", req, &resources).unwrap();
+        assert_eq!(query.promql, r#"sum(queue_depth{pod!=""}) by (pod,namespace)"#);
+
+        let namespaces = resources.resolve("namespaces").unwrap();
+        let names = ["default".to_owned()];
+        let req = QueryRequest { resource: namespaces, namespace: None, names: Some(&names), metric_selector: &everything };
+        let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
+        assert_eq!(query.promql, r#"sum(rate(http_requests_total{namespace="default"}[2m])) by (namespace)"#);
+        assert_eq!(query.namespace_label, None);
+    }
+
+    #[test]
+    fn name_as_defaults() {
+        let mapping = ResourceMapping::default();
+        assert!(Rule::new(0, "{}", vec![], Some("^(a)(b)$"), None, mapping.clone(), "x").is_err());
+        let rule = Rule::new(0, "{}", vec![], Some("^(.*)_count$"), Some("${1}_per_thing"), mapping, "x").unwrap();
+        assert_eq!(rule.metric_name("jobs_count").as_deref(), Some("jobs_per_thing"));
+        assert_eq!(rule.metric_name("jobs_total"), None);
+    }
+}
