@@ -169,7 +169,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration> {
 /// Renders a duration as a PromQL range duration in its largest exact unit (`2m`, `90s`, `1500ms`).
 pub fn promql_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let secs = ms / 1000;

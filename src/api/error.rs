@@ -9,13 +9,13 @@ use super::types::{ListMeta, Status, StatusCause, StatusDetails};
 /// An error on its way to the client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    status: Status,
+    status: Box<Status>,
 }
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: String, details: Option<StatusDetails>) -> Self {
         Self {
-            status: Status {
+            status: Box::new(Status {
                 kind: "Status",
                 api_version: "v1",
                 metadata: ListMeta::default(),
@@ -24,7 +24,7 @@ impl ApiError {
                 reason,
                 details,
                 code,
-            },
+            }),
         }
     }
 
@@ -91,7 +91,7 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        super::json_response(code, &self.status, false)
+        super::json_response(code, &*self.status, false)
     }
 }
 

@@ -44,8 +44,14 @@ type FileStamp = Option<(SystemTime, u64)>;
 pub struct TlsSource {
     config: Arc<ArcSwap<ServerConfig>>,
     http2: bool,
-    /// Certificate and key files to watch for changes, with the state last loaded.
-    files: Option<Arc<(PathBuf, PathBuf, Mutex<(FileStamp, FileStamp)>)>>,
+    files: Option<Arc<WatchedFiles>>,
+}
+
+/// Certificate and key files to watch for changes, with the state last loaded.
+struct WatchedFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    last: Mutex<(FileStamp, FileStamp)>,
 }
 
 impl TlsSource {
@@ -65,7 +71,7 @@ impl TlsSource {
         Ok(Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             http2,
-            files: Some(Arc::new((cert.to_owned(), key.to_owned(), Mutex::new(stamps)))),
+            files: Some(Arc::new(WatchedFiles { cert: cert.to_owned(), key: key.to_owned(), last: Mutex::new(stamps) })),
         })
     }
 
@@ -102,7 +108,7 @@ impl TlsSource {
     /// Reloads the certificate files if they changed; a broken pair keeps the previous certificate.
     pub fn reload_if_changed(&self) -> Result<bool> {
         let Some(files) = &self.files else { return Ok(false) };
-        let (cert, key, last) = files.as_ref();
+        let WatchedFiles { cert, key, last } = files.as_ref();
         let now = (stamp(cert), stamp(key));
         let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if *last == now {

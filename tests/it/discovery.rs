@@ -1,0 +1,63 @@
+//! Discovery documents, health, version and OpenAPI.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn discovery_documents() {
+    let adapter = start_adapter(AdapterOptions::default()).await;
+    for (path, golden) in [
+        ("/apis", "apis"),
+        ("/apis/custom.metrics.k8s.io", "group_custom"),
+        ("/apis/custom-metrics.metrics.k8s.io", "group_custom_metrics"),
+        ("/apis/custom.metrics.k8s.io/v1beta2", "resources_custom_v1beta2"),
+        ("/apis/custom-metrics.metrics.k8s.io/v1beta1", "resources_custom_metrics_v1beta1"),
+    ] {
+        let (status, body) = get(&adapter, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_golden(golden, &body);
+    }
+    let (_, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1").await;
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for expected in ["pods/http_requests", "services/http_requests", "namespaces/http_requests", "pods/queue_depth", "pods/process_cpu"] {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    let namespaced = |name: &str| list["resources"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["namespaced"].clone();
+    assert_eq!(namespaced("namespaces/http_requests"), false);
+    assert_eq!(namespaced("pods/http_requests"), true);
+}
+
+#[tokio::test]
+async fn empty_discovery_is_an_empty_array() {
+    let adapter = start_adapter(AdapterOptions::default()).await;
+    adapter.state.discovery.store(Default::default());
+    let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "{\"kind\":\"APIResourceList\",\"apiVersion\":\"v1\",\"groupVersion\":\"custom.metrics.k8s.io/v1beta1\",\"resources\":[]}\n");
+}
+
+#[tokio::test]
+async fn health_version_and_openapi() {
+    let adapter = start_adapter(AdapterOptions::default()).await;
+    for path in ["/healthz", "/livez", "/readyz"] {
+        assert_eq!(get(&adapter, path).await, (200, "ok".to_owned()), "{path}");
+    }
+    adapter.state.relisted.store(false, std::sync::atomic::Ordering::Release);
+    let (status, body) = get(&adapter, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("[-]metric-discovery failed"), "{body}");
+
+    let (status, body) = get(&adapter, "/version").await;
+    assert_eq!(status, 200);
+    let version: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(version["gitVersion"], concat!("v", env!("CARGO_PKG_VERSION")));
+    assert!(body.starts_with(r#"{"major":"","minor":"","gitVersion":"#), "Go field order: {body}");
+
+    let (status, body) = get(&adapter, "/openapi/v2").await;
+    assert_eq!(status, 200);
+    let spec: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(spec["swagger"], "2.0");
+    assert!(spec["paths"]["/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/{resource}/{name}/{metric}"]["get"].is_object());
+}
