@@ -58,13 +58,20 @@ impl State {
     /// Builds the state from flags: the Prometheus client, the built-in rules and the object source.
     pub fn from_args(args: &Args) -> anyhow::Result<Self> {
         args.validate()?;
-        let headers = args.prometheus_headers.iter().map(|h| crate::config::parse_header(h)).collect::<Result<_, _>>()?;
+        let headers = args
+            .prometheus_headers
+            .iter()
+            .map(|h| crate::config::parse_header(h))
+            .collect::<Result<_, _>>()?;
         let client = prometheus::Client::new(&prometheus::ClientConfig {
             url: args.prometheus_url.clone(),
             headers,
             token_file: args.prometheus_token_file.clone(),
             ca_file: args.prometheus_ca_file.clone(),
-            client_cert: args.prometheus_client_tls_cert_file.clone().zip(args.prometheus_client_tls_key_file.clone()),
+            client_cert: args
+                .prometheus_client_tls_cert_file
+                .clone()
+                .zip(args.prometheus_client_tls_key_file.clone()),
             use_post: args.prometheus_verb == PrometheusVerb::Post,
             timeout: args.prometheus_timeout,
         })?;
@@ -85,7 +92,9 @@ impl State {
     /// does not hide every metric; when every query fails the previous snapshot stays whole.
     pub async fn relist(&self) -> Result<usize, prometheus::Error> {
         let end = SystemTime::now();
-        let start = end.checked_sub(self.metrics_max_age).unwrap_or(SystemTime::UNIX_EPOCH);
+        let start = end
+            .checked_sub(self.metrics_max_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut queries: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, rule) in self.rules.iter().enumerate() {
             queries.entry(rule.series_query.as_str()).or_default().push(index);
@@ -109,16 +118,22 @@ impl State {
         {
             return Err(err);
         }
-        let pairs = fetched
-            .iter()
-            .flat_map(|(indexes, series)| indexes.iter().flat_map(move |i| series.iter().map(move |s| (*i, s))));
+        let pairs = fetched.iter().flat_map(|(indexes, series)| {
+            indexes
+                .iter()
+                .flat_map(move |i| series.iter().map(move |s| (*i, s)))
+        });
         let mut discovery = Discovery::build(&self.rules, pairs, &self.resources, end);
         let previous = self.discovery.load_full();
         discovery.carry_over(&previous, &failed_rules);
         let count = discovery.len();
         self.discovery.store(Arc::new(discovery));
         if previous.len() != count {
-            tracing::info!(metrics = count, previous = previous.len(), "Discovered metrics changed");
+            tracing::info!(
+                metrics = count,
+                previous = previous.len(),
+                "Discovered metrics changed"
+            );
         }
         Ok(count)
     }
@@ -135,7 +150,9 @@ impl State {
             }
             match self.relist().await {
                 Ok(count) => tracing::debug!(metrics = count, "Relisted series"),
-                Err(err) => tracing::warn!(error = %err, "Relisting series failed; keeping the previous metric list"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "Relisting series failed; keeping the previous metric list")
+                }
             }
             self.relisted.store(true, Ordering::Release);
         }
@@ -154,8 +171,15 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let relist = tokio::spawn(state.clone().relist_loop(args.metrics_relist_interval, stopped(stop_rx.clone())));
-    let reload = tokio::spawn(tls.clone().reload_loop(Duration::from_secs(10), stopped(stop_rx.clone())));
+    let relist = tokio::spawn(
+        state
+            .clone()
+            .relist_loop(args.metrics_relist_interval, stopped(stop_rx.clone())),
+    );
+    let reload = tokio::spawn(
+        tls.clone()
+            .reload_loop(Duration::from_secs(10), stopped(stop_rx.clone())),
+    );
     let router = crate::api::router(state);
     let result = server::serve(listener, tls, router, async move {
         shutdown.await;

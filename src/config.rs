@@ -10,7 +10,9 @@ pub enum Error {
     Duration(String),
     #[error("invalid --prometheus-header {0:?}: expected Key=Value")]
     Header(String),
-    #[error("--metrics-max-age ({max_age:?}) must not be shorter than --metrics-relist-interval ({relist:?})")]
+    #[error(
+        "--metrics-max-age ({max_age:?}) must not be shorter than --metrics-relist-interval ({relist:?})"
+    )]
     MaxAge { max_age: Duration, relist: Duration },
     #[error("--rate-interval must be at least 1ms")]
     RateInterval,
@@ -35,7 +37,11 @@ pub enum PrometheusVerb {
 
 /// Flags of the `custom-metrics-adapter` binary.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "custom-metrics-adapter", version, about = "Kubernetes custom metrics API server backed by Prometheus")]
+#[command(
+    name = "custom-metrics-adapter",
+    version,
+    about = "Kubernetes custom metrics API server backed by Prometheus"
+)]
 pub struct Args {
     /// Port to serve HTTPS on.
     #[arg(long, default_value_t = 6443)]
@@ -106,7 +112,10 @@ impl Args {
         if let Some(max_age) = self.metrics_max_age
             && max_age < self.metrics_relist_interval
         {
-            return Err(Error::MaxAge { max_age, relist: self.metrics_relist_interval });
+            return Err(Error::MaxAge {
+                max_age,
+                relist: self.metrics_relist_interval,
+            });
         }
         if self.rate_interval < Duration::from_millis(1) {
             return Err(Error::RateInterval);
@@ -144,10 +153,14 @@ pub fn parse_go_duration(s: &str) -> Result<Duration> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
         let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let nanos_per_unit = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" | "μs" => 1e3,
@@ -196,7 +209,11 @@ mod tests {
             ("1m30s", 90_000),
         ];
         for (text, ms) in cases {
-            assert_eq!(parse_go_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
+            assert_eq!(
+                parse_go_duration(text).unwrap(),
+                Duration::from_millis(ms),
+                "{text}"
+            );
         }
         for bad in ["", "2", "m", "2x", "-1s", "1..2s", "2 m"] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?} must be refused");
@@ -213,7 +230,10 @@ mod tests {
 
     #[test]
     fn headers() {
-        assert_eq!(parse_header("X-Scope-OrgID=team=a").unwrap(), ("X-Scope-OrgID".into(), "team=a".into()));
+        assert_eq!(
+            parse_header("X-Scope-OrgID=team=a").unwrap(),
+            ("X-Scope-OrgID".into(), "team=a".into())
+        );
         assert_eq!(parse_header("X-Empty").unwrap(), ("X-Empty".into(), "".into()));
         assert!(parse_header("=v").is_err());
     }
@@ -227,9 +247,13 @@ mod tests {
         assert_eq!(args.metrics_max_age(), Duration::from_secs(60));
         assert_eq!(args.prometheus_timeout, Duration::from_secs(10));
         assert_eq!(args.prometheus_verb, PrometheusVerb::Get);
-        let args = Args::try_parse_from(["x", "--prometheus-verb", "POST", "--metrics-max-age", "30s"]).unwrap();
+        let args =
+            Args::try_parse_from(["x", "--prometheus-verb", "POST", "--metrics-max-age", "30s"]).unwrap();
         assert_eq!(args.prometheus_verb, PrometheusVerb::Post);
         assert!(args.validate().is_err(), "max age below relist interval");
-        assert!(Args::try_parse_from(["x", "--tls-cert-file", "a.crt"]).is_err(), "key file required");
+        assert!(
+            Args::try_parse_from(["x", "--tls-cert-file", "a.crt"]).is_err(),
+            "key file required"
+        );
     }
 }

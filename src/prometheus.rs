@@ -16,12 +16,16 @@ pub enum Error {
     ReadFile { path: PathBuf, source: std::io::Error },
     #[error("invalid Prometheus client setting: {0}")]
     Setup(String),
-    #[error("Prometheus at {url} is unreachable: {source}")]
-    Unreachable { url: String, source: reqwest::Error },
+    #[error("Prometheus at {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error("Prometheus at {url} did not answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
     #[error("Prometheus answered HTTP {status}: {error_type}: {error}")]
-    Api { status: u16, error_type: String, error: String },
+    Api {
+        status: u16,
+        error_type: String,
+        error: String,
+    },
     #[error("Prometheus answered HTTP {status} with a body that is not its API's JSON: {body}")]
     BadResponse { status: u16, body: String },
     #[error("Prometheus returned a {0} result where an instant vector or scalar was expected")]
@@ -61,10 +65,15 @@ pub struct Client {
 
 impl Client {
     pub fn new(config: &ClientConfig) -> Result<Self> {
-        let url = reqwest::Url::parse(&config.url)
-            .map_err(|err| Error::Url { url: config.url.clone(), reason: err.to_string() })?;
+        let url = reqwest::Url::parse(&config.url).map_err(|err| Error::Url {
+            url: config.url.clone(),
+            reason: err.to_string(),
+        })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::Url { url: config.url.clone(), reason: "scheme must be http or https".into() });
+            return Err(Error::Url {
+                url: config.url.clone(),
+                reason: "scheme must be http or https".into(),
+            });
         }
         let base = config.url.trim_end_matches('/').to_owned();
 
@@ -107,7 +116,12 @@ impl Client {
             builder = builder.identity(identity);
         }
         let http = builder.build().map_err(|err| Error::Setup(err.to_string()))?;
-        Ok(Self { http, base, use_post: config.use_post, timeout: config.timeout })
+        Ok(Self {
+            http,
+            base,
+            use_post: config.use_post,
+            timeout: config.timeout,
+        })
     }
 
     /// The base URL, for messages.
@@ -125,9 +139,11 @@ impl Client {
         let data: QueryData = self.call("/api/v1/query", &params).await?;
         match data {
             QueryData::Vector(samples) => Ok(samples.into_iter().map(RawSample::into_sample).collect()),
-            QueryData::Scalar(pair) => {
-                Ok(vec![Sample { labels: BTreeMap::new(), timestamp: pair.0, value: parse_value(&pair.1) }])
-            }
+            QueryData::Scalar(pair) => Ok(vec![Sample {
+                labels: BTreeMap::new(),
+                timestamp: pair.0,
+                value: parse_value(&pair.1),
+            }]),
             QueryData::Matrix(_) => Err(Error::UnexpectedResultType("matrix".into())),
             QueryData::String(_) => Err(Error::UnexpectedResultType("string".into())),
         }
@@ -156,9 +172,15 @@ impl Client {
             self.http.request(Method::GET, &url).query(params)
         };
         let started = std::time::Instant::now();
-        let response = request.send().await.map_err(|err| self.transport_error(&url, err))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|err| self.transport_error(&url, err))?;
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(|err| self.transport_error(&url, err))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| self.transport_error(&url, err))?;
         tracing::debug!(%url, status, elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
         let envelope: Envelope<T> = match serde_json::from_slice(&body) {
             Ok(envelope) => envelope,
@@ -168,8 +190,14 @@ impl Client {
             }
         };
         match envelope {
-            Envelope { status: ref s, data: Some(data), .. } if s == "success" => Ok(data),
-            Envelope { error_type, error, .. } => Err(Error::Api {
+            Envelope {
+                status: ref s,
+                data: Some(data),
+                ..
+            } if s == "success" => Ok(data),
+            Envelope {
+                error_type, error, ..
+            } => Err(Error::Api {
                 status,
                 error_type: error_type.unwrap_or_default(),
                 error: error.unwrap_or_else(|| "no error text".into()),
@@ -179,20 +207,48 @@ impl Client {
 
     fn transport_error(&self, url: &str, err: reqwest::Error) -> Error {
         if err.is_timeout() {
-            Error::Timeout { url: url.to_owned(), timeout: self.timeout }
+            Error::Timeout {
+                url: url.to_owned(),
+                timeout: self.timeout,
+            }
         } else {
-            Error::Unreachable { url: url.to_owned(), source: err }
+            Error::Unreachable {
+                url: url.to_owned(),
+                reason: error_chain(&err.without_url()),
+            }
         }
     }
 }
 
+/// `error sending request: client error (Connect): tcp connect error: Connection refused`: the
+/// whole cause chain, since reqwest's top-level message alone says little.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn read(path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::ReadFile { path: path.clone(), source })
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Seconds since the epoch with millisecond decimals, as prometheus-adapter sends them.
 fn format_time(time: SystemTime) -> String {
-    let ms = time.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
@@ -234,7 +290,11 @@ struct RawSample {
 
 impl RawSample {
     fn into_sample(self) -> Sample {
-        Sample { labels: self.metric, timestamp: self.value.0, value: parse_value(&self.value.1) }
+        Sample {
+            labels: self.metric,
+            timestamp: self.value.0,
+            value: parse_value(&self.value.1),
+        }
     }
 }
 
@@ -249,7 +309,9 @@ mod tests {
             {"metric":{"pod":"b"},"value":[1700000000.123,"NaN"]},
             {"metric":{"pod":"c"},"value":[1700000000.123,"+Inf"]}]}}"#;
         let env: Envelope<QueryData> = serde_json::from_str(body).unwrap();
-        let QueryData::Vector(samples) = env.data.unwrap() else { panic!("vector expected") };
+        let QueryData::Vector(samples) = env.data.unwrap() else {
+            panic!("vector expected")
+        };
         let samples: Vec<Sample> = samples.into_iter().map(RawSample::into_sample).collect();
         assert_eq!(samples[0].value, 1.5);
         assert_eq!(samples[0].labels["pod"], "a");
@@ -282,8 +344,14 @@ mod tests {
             use_post: false,
             timeout: Duration::from_secs(1),
         };
-        assert_eq!(Client::new(&config).unwrap().url(), "http://thanos:9090/prometheus");
-        let bad = ClientConfig { url: "ftp://x".into(), ..config };
+        assert_eq!(
+            Client::new(&config).unwrap().url(),
+            "http://thanos:9090/prometheus"
+        );
+        let bad = ClientConfig {
+            url: "ftp://x".into(),
+            ..config
+        };
         assert!(Client::new(&bad).is_err());
     }
 }

@@ -23,10 +23,10 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// 2^63: the first f64 above `i64::MAX` (which f64 cannot represent).
+/// 2^63 is the first f64 above `i64::MAX`, which f64 cannot represent.
 const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
 
-/// `int64(v * 1000.0)` in Go: an IEEE multiply, then truncation toward zero. Go leaves NaN, the
+/// Computes Go's `int64(v * 1000.0)`: an IEEE multiply, then truncation toward zero. Go leaves NaN, the
 /// infinities and out-of-range values undefined (amd64 yields `math.MinInt64`); they are errors here.
 pub fn milli_from_f64(v: f64) -> Result<i64> {
     if v.is_nan() {
@@ -84,7 +84,7 @@ fn decimal_suffix(exponent: i32) -> String {
     suffix.to_owned()
 }
 
-/// `format_milli` of `v` as prometheus-adapter computes it.
+/// Formats `v` as prometheus-adapter does: `format_milli(milli_from_f64(v)?)`.
 pub fn from_f64(v: f64) -> Result<String> {
     milli_from_f64(v).map(format_milli)
 }
@@ -100,7 +100,7 @@ pub fn format_binary_milli(milli: i64) -> String {
     let whole = milli / 1000;
     let mut mantissa = whole.unsigned_abs();
     let mut power = 0;
-    while power < 6 && mantissa % 1024 == 0 {
+    while power < 6 && mantissa.is_multiple_of(1024) {
         mantissa /= 1024;
         power += 1;
     }
@@ -114,7 +114,10 @@ pub fn format_binary_milli(milli: i64) -> String {
 /// `0.0001` is 1 and `-0.0001` is -1. Unlike Go, a lone sign or `.` is refused rather than read as
 /// zero, and a value beyond the i64 range is an error rather than an overflow.
 pub fn parse_milli(s: &str) -> Result<i64> {
-    let invalid = |reason| Error::Invalid { input: s.to_owned(), reason };
+    let invalid = |reason| Error::Invalid {
+        input: s.to_owned(),
+        reason,
+    };
     let (negative, unsigned) = match (s.strip_prefix('-'), s.strip_prefix('+')) {
         (Some(rest), _) => (true, rest),
         (None, Some(rest)) => (false, rest),
@@ -129,12 +132,18 @@ pub fn parse_milli(s: &str) -> Result<i64> {
     if whole.is_empty() && fraction.is_empty() {
         return Err(invalid("expected a number such as 1, 1.5 or .5"));
     }
-    let (exponent10, doublings) = parse_suffix(suffix)
-        .ok_or_else(|| invalid("expected a suffix among n u m k M G T P E Ki Mi Gi Ti Pi Ei, or e<exponent>"))?;
+    let (exponent10, doublings) = parse_suffix(suffix).ok_or_else(|| {
+        invalid("expected a suffix among n u m k M G T P E Ki Mi Gi Ti Pi Ei, or e<exponent>")
+    })?;
 
     // The value is digits × 2^doublings × 10^scale in milli-units. Exact decimal digits avoid any
     // overflow before the final range check.
-    let mut digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).map(|b| b - b'0').skip_while(|&d| d == 0).collect();
+    let mut digits: Vec<u8> = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .map(|b| b - b'0')
+        .skip_while(|&d| d == 0)
+        .collect();
     if digits.is_empty() {
         return Ok(0);
     }
@@ -149,7 +158,10 @@ pub fn parse_milli(s: &str) -> Result<i64> {
         if len.saturating_add(scale) > 19 {
             return Err(too_large());
         }
-        digits.iter().chain(std::iter::repeat_n(&0, usize::try_from(scale).unwrap_or(0))).fold(0u128, push_digit)
+        digits
+            .iter()
+            .chain(std::iter::repeat_n(&0, usize::try_from(scale).unwrap_or(0)))
+            .fold(0u128, push_digit)
     } else {
         let dropped = usize::try_from(scale.unsigned_abs()).unwrap_or(usize::MAX);
         let kept = digits.len().saturating_sub(dropped);
@@ -181,7 +193,7 @@ fn double(digits: &mut Vec<u8>) {
     }
 }
 
-/// A suffix as (power of ten, power of two), or None when Go would refuse it.
+/// Reads a suffix as (power of ten, power of two), or None when Go would refuse it.
 fn parse_suffix(suffix: &str) -> Option<(i64, u32)> {
     Some(match suffix {
         "" => (0, 0),
@@ -265,9 +277,18 @@ mod tests {
     #[test]
     fn the_i64_bounds() {
         // 2^63 / 1000 is the first value whose milli-units do not fit; -2^63 / 1000 still fits.
-        assert_eq!(milli_from_f64(TWO_POW_63 / 1000.0), Err(Error::OutOfRange(TWO_POW_63 / 1000.0)));
+        assert_eq!(
+            milli_from_f64(TWO_POW_63 / 1000.0),
+            Err(Error::OutOfRange(TWO_POW_63 / 1000.0))
+        );
         assert_eq!(milli_from_f64(-TWO_POW_63 / 1000.0), Ok(i64::MIN));
-        assert_eq!(milli_from_f64(9.223372036854775e15), Ok(9_223_372_036_854_774_784));
+        // The multiply rounds this one up to 2^63, so it is out of range too, as it is in Go.
+        let v = 9.223372036854775e15;
+        assert_eq!(milli_from_f64(v), Err(Error::OutOfRange(v)));
+        assert_eq!(
+            milli_from_f64(9.223372036854774e15),
+            Ok(9_223_372_036_854_773_760)
+        );
         assert_eq!(format_milli(i64::MAX), "9223372036854775807m");
         assert_eq!(format_milli(i64::MIN), "-9223372036854775808m");
         assert_eq!(format_milli(-1_000_000_000_000_000_000), "-1P");
@@ -350,17 +371,41 @@ mod tests {
 
     #[test]
     fn refuses_what_go_refuses() {
-        for input in ["", "abc", "1x", "1 k", " 1", "1e", "--1", "+-1", "1ki", "1K", "1e3.5", "1ee3", "1Kii", "1.5.5", "0x10"] {
-            assert!(matches!(parse_milli(input), Err(Error::Invalid { .. })), "{input:?}");
+        for input in [
+            "", "abc", "1x", "1 k", " 1", "1e", "--1", "+-1", "1ki", "1K", "1e3.5", "1ee3", "1Kii", "1.5.5",
+            "0x10",
+        ] {
+            assert!(
+                matches!(parse_milli(input), Err(Error::Invalid { .. })),
+                "{input:?}"
+            );
         }
         for input in ["-", "+", ".", "-."] {
-            assert!(matches!(parse_milli(input), Err(Error::Invalid { .. })), "{input:?}");
+            assert!(
+                matches!(parse_milli(input), Err(Error::Invalid { .. })),
+                "{input:?}"
+            );
         }
-        for input in ["9223372036854775808m", "-9223372036854775809m", "1E", "8Ei", "1e16", "100000000000000000000000", "1e1000"] {
-            assert_eq!(parse_milli(input), Err(Error::TooLarge(input.to_owned())), "{input:?}");
+        for input in [
+            "9223372036854775808m",
+            "-9223372036854775809m",
+            "1E",
+            "8Ei",
+            "1e16",
+            "100000000000000000000000",
+            "1e1000",
+        ] {
+            assert_eq!(
+                parse_milli(input),
+                Err(Error::TooLarge(input.to_owned())),
+                "{input:?}"
+            );
         }
         let message = parse_milli("1x").unwrap_err().to_string();
-        assert!(message.contains("\"1x\"") && message.contains("suffix"), "{message}");
+        assert!(
+            message.contains("\"1x\"") && message.contains("suffix"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -388,7 +433,11 @@ mod tests {
         ];
         for milli in samples {
             assert_eq!(parse_milli(&format_milli(milli)), Ok(milli), "decimal {milli}");
-            assert_eq!(parse_milli(&format_binary_milli(milli)), Ok(milli), "binary {milli}");
+            assert_eq!(
+                parse_milli(&format_binary_milli(milli)),
+                Ok(milli),
+                "binary {milli}"
+            );
         }
         for v in [0.5, 1.005, 12345.678, 501.484, -2.0, 2.5e6, 1e15] {
             let milli = milli_from_f64(v).unwrap();

@@ -5,13 +5,6 @@ use std::{
     time::SystemTime,
 };
 
-use axum::{
-    extract::{Path, Query, State},
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
-use serde_json::Value;
-
 use super::{
     ApiError, WireVersion, json_response,
     types::{MetricIdentifier, MetricValueList, MetricValueV1Beta1, MetricValueV1Beta2, ObjectReference},
@@ -23,6 +16,11 @@ use crate::{
     prometheus, quantity,
     rules::{self, QueryRequest},
     selector::Selector,
+};
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
 };
 
 /// Above this many objects the query selects every object and filters locally, instead of
@@ -53,7 +51,13 @@ impl MetricPath {
         if segments.iter().any(|s| s.is_empty()) {
             return None;
         }
-        let name = |s: &str| if s == "*" { ObjectName::All } else { ObjectName::One(s.to_owned()) };
+        let name = |s: &str| {
+            if s == "*" {
+                ObjectName::All
+            } else {
+                ObjectName::One(s.to_owned())
+            }
+        };
         match segments.as_slice() {
             // The metric of the Namespace object itself.
             ["namespaces", ns, "metrics", metric] if *ns != "*" => Some(Self {
@@ -98,9 +102,27 @@ pub(super) async fn get_metric(
     let Some(request) = MetricPath::parse(&path) else {
         return ApiError::unknown_route().into_response();
     };
-    let metric_selector = match params.get("metricLabelSelector").map(|s| Selector::parse(s)).transpose() {
+    // An empty metricLabelSelector is no selector, as the HPA's client renders it.
+    let metric_selector = params.get("metricLabelSelector").filter(|s| !s.trim().is_empty());
+    let metric_selector = match metric_selector.map(|s| Selector::parse(s)).transpose() {
         Ok(selector) => selector,
-        Err(err) => return ApiError::bad_request(format!("invalid metricLabelSelector: {err}")).into_response(),
+        Err(err) => {
+            return ApiError::bad_request(format!("invalid metricLabelSelector: {err}")).into_response();
+        }
+    };
+    // Echoed in every item as a LabelSelector; `!=`, `>` and `<` have no LabelSelector form.
+    let selector_echo = match metric_selector
+        .as_ref()
+        .map(Selector::to_label_selector)
+        .transpose()
+    {
+        Ok(echo) => echo,
+        Err(err) => {
+            return ApiError::bad_request(format!(
+                "invalid metricLabelSelector: {err}; write `key notin (value)` instead of `key!=value`"
+            ))
+            .into_response();
+        }
     };
     let label_selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
         Ok(selector) => selector,
@@ -119,10 +141,6 @@ pub(super) async fn get_metric(
             return err.into_response();
         }
     };
-    let selector_json = match metric_selector.as_ref().map(Selector::to_label_selector_json).transpose() {
-        Ok(json) => json.unwrap_or(Value::Null),
-        Err(err) => return ApiError::bad_request(format!("invalid metricLabelSelector: {err}")).into_response(),
-    };
     let api_version = format!("{group}/{version}");
     let pretty = wants_pretty(&params);
     match wire {
@@ -135,7 +153,7 @@ pub(super) async fn get_metric(
                     timestamp: item.timestamp,
                     window: None,
                     value: item.value,
-                    selector: selector_json.clone(),
+                    selector: selector_echo.clone(),
                 })
                 .collect();
             json_response(StatusCode::OK, &list(api_version, items), pretty)
@@ -145,7 +163,10 @@ pub(super) async fn get_metric(
                 .into_iter()
                 .map(|item| MetricValueV1Beta2 {
                     described_object: item.object,
-                    metric: MetricIdentifier { name: request.metric.clone(), selector: selector_json.clone() },
+                    metric: MetricIdentifier {
+                        name: request.metric.clone(),
+                        selector: selector_echo.clone(),
+                    },
                     timestamp: item.timestamp,
                     window_seconds: None,
                     value: item.value,
@@ -157,7 +178,12 @@ pub(super) async fn get_metric(
 }
 
 fn list<T>(api_version: String, items: Vec<T>) -> MetricValueList<T> {
-    MetricValueList { kind: "MetricValueList", api_version, metadata: Default::default(), items }
+    MetricValueList {
+        kind: "MetricValueList",
+        api_version,
+        metadata: Default::default(),
+        items,
+    }
 }
 
 /// `fieldSelector=metadata.name=X` names one object, as in the Go API machinery.
@@ -197,10 +223,18 @@ async fn metric_values(
     };
     // 1. Resource.
     let resource = state.resources.resolve(&request.resource).ok_or_else(|| {
-        not_found(format!("{:?} is not a resource this server knows; it serves {}", request.resource, state.resources.names()))
+        not_found(format!(
+            "{:?} is not a resource this server knows; it serves {}",
+            request.resource,
+            state.resources.names()
+        ))
     })?;
     // Cluster-scoped objects have no namespace, even when the HPA puts one in the path.
-    let namespace = if resource.namespaced { request.namespace.as_deref() } else { None };
+    let namespace = if resource.namespaced {
+        request.namespace.as_deref()
+    } else {
+        None
+    };
 
     // 2. Metric, from the discovery snapshot.
     let discovery = state.discovery.load_full();
@@ -224,13 +258,18 @@ async fn metric_values(
         }
         ApiError::not_found(format!("the server could not find the metric {} for {gr}: {detail}", request.metric))
     })?;
-    let rule = state.rules.get(entry.rule).ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
+    let rule = state
+        .rules
+        .get(entry.rule)
+        .ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
 
     // 3. Objects.
     let objects = select_objects(state, resource, namespace, request, label_selector)?;
     let names: Option<Vec<String>> = match (&request.name, &objects) {
         (ObjectName::One(name), _) => Some(vec![name.clone()]),
-        (ObjectName::All, Some(objects)) if objects.len() <= MAX_NAMES_IN_QUERY && !label_selector.is_empty() => {
+        (ObjectName::All, Some(objects))
+            if objects.len() <= MAX_NAMES_IN_QUERY && !label_selector.is_empty() =>
+        {
             Some(objects.iter().map(|o| o.name.clone()).collect())
         }
         (ObjectName::All, _) => None,
@@ -246,21 +285,33 @@ async fn metric_values(
     };
     let query = rules::build_query(rule, entry.rule, &entry.series, query_request, &state.resources)
         .map_err(|err| match err {
-            rules::Error::Selector(err) => ApiError::bad_request(format!("invalid metricLabelSelector: {err}")),
+            rules::Error::Selector(err) => {
+                ApiError::bad_request(format!("invalid metricLabelSelector: {err}"))
+            }
             err => ApiError::internal(err.to_string()),
         })?;
     tracing::debug!(promql = %query.promql, "Querying Prometheus");
 
     // 5. Prometheus.
-    let samples = state.prometheus.query(&query.promql, SystemTime::now()).await.map_err(prometheus_error)?;
+    let samples = state
+        .prometheus
+        .query(&query.promql, SystemTime::now())
+        .await
+        .map_err(prometheus_error)?;
 
     // 6. Samples → items.
-    let wanted: Option<HashSet<(Option<&str>, &str)>> =
-        objects.as_ref().map(|objects| objects.iter().map(|o| (o.namespace.as_deref(), o.name.as_str())).collect());
+    let wanted: Option<HashSet<(Option<&str>, &str)>> = objects.as_ref().map(|objects| {
+        objects
+            .iter()
+            .map(|o| (o.namespace.as_deref(), o.name.as_str()))
+            .collect()
+    });
     let mut items = Vec::with_capacity(samples.len());
     let mut not_a_number = Vec::new();
     for sample in &samples {
-        let Some(name) = sample.labels.get(&query.resource_label) else { continue };
+        let Some(name) = sample.labels.get(&query.resource_label) else {
+            continue;
+        };
         let item_namespace = match (&query.namespace_label, namespace) {
             (None, _) => None,
             (Some(_), Some(namespace)) => Some(namespace),
@@ -299,7 +350,9 @@ async fn metric_values(
 
     // 7. Nothing to answer with is an error the HPA (and a human) can act on.
     if items.is_empty() {
-        let scope = namespace.map(|ns| format!(" in namespace {ns:?}")).unwrap_or_default();
+        let scope = namespace
+            .map(|ns| format!(" in namespace {ns:?}"))
+            .unwrap_or_default();
         let target = match &request.name {
             ObjectName::One(name) => format!("{} {name:?}{scope}", resource.singular),
             ObjectName::All => match &objects {
@@ -308,7 +361,10 @@ async fn metric_values(
             },
         };
         let detail = if !not_a_number.is_empty() {
-            format!("the sample for {target} was not a number ({})", not_a_number.join("; "))
+            format!(
+                "the sample for {target} was not a number ({})",
+                not_a_number.join("; ")
+            )
         } else {
             format!(
                 "Prometheus returned no samples of {} for {target} (looked for the label {:?})",
@@ -322,7 +378,11 @@ async fn metric_values(
                 resource.group_resource()
             ),
             ObjectName::All => {
-                format!("the server could not find the metric {} for {}: {detail}", request.metric, resource.group_resource())
+                format!(
+                    "the server could not find the metric {} for {}: {detail}",
+                    request.metric,
+                    resource.group_resource()
+                )
             }
         };
         return Err(ApiError::not_found(message));
@@ -343,7 +403,9 @@ fn select_objects(
     label_selector: &Selector,
 ) -> Result<Option<Vec<ObjectRef>>, ApiError> {
     let (name, metric) = (&request.name, &request.metric);
-    let scope = namespace.map(|ns| format!(" in namespace {ns:?}")).unwrap_or_default();
+    let scope = namespace
+        .map(|ns| format!(" in namespace {ns:?}"))
+        .unwrap_or_default();
     let Some(objects) = &state.objects else {
         if *name == ObjectName::All && !label_selector.is_empty() {
             return Err(ApiError::bad_request(format!(
@@ -357,10 +419,14 @@ fn select_objects(
         }
         return Ok(None);
     };
-    let source_error = |err: crate::objects::Error| ApiError::internal(format!("unable to list matching resources: {err}"));
+    let source_error =
+        |err: crate::objects::Error| ApiError::internal(format!("unable to list matching resources: {err}"));
     match name {
         ObjectName::One(object) => {
-            if !objects.exists(resource, namespace, object).map_err(source_error)? {
+            if !objects
+                .exists(resource, namespace, object)
+                .map_err(source_error)?
+            {
                 return Err(ApiError::not_found(format!(
                     "the server could not find the metric {metric} for {} {object}: {} {object:?} does not exist{scope} (according to the {})",
                     resource.group_resource(),
@@ -371,12 +437,18 @@ fn select_objects(
             Ok(None)
         }
         ObjectName::All => {
-            let matched = objects.list(resource, namespace, label_selector).map_err(source_error)?;
+            let matched = objects
+                .list(resource, namespace, label_selector)
+                .map_err(source_error)?;
             if matched.is_empty() {
                 let what = if label_selector.is_empty() {
                     format!("there are no {}{scope}", resource.plural)
                 } else {
-                    format!("labelSelector {:?} matched no {}{scope}", label_selector.to_string(), resource.plural)
+                    format!(
+                        "labelSelector {:?} matched no {}{scope}",
+                        label_selector.to_string(),
+                        resource.plural
+                    )
                 };
                 return Err(ApiError::not_found(format!(
                     "the server could not find the metric {metric} for {}: {what} (according to the {})",
@@ -394,7 +466,9 @@ fn prometheus_error(err: prometheus::Error) -> ApiError {
     tracing::warn!(error = %err, "Prometheus query failed");
     match err {
         prometheus::Error::Timeout { .. } => ApiError::timeout(format!("unable to fetch metrics: {err}"), 1),
-        prometheus::Error::Unreachable { .. } => ApiError::service_unavailable(format!("unable to fetch metrics: {err}")),
+        prometheus::Error::Unreachable { .. } => {
+            ApiError::service_unavailable(format!("unable to fetch metrics: {err}"))
+        }
         err => ApiError::internal(format!("unable to fetch metrics: {err}")),
     }
 }
@@ -402,7 +476,9 @@ fn prometheus_error(err: prometheus::Error) -> ApiError {
 /// RFC 3339 in UTC with second precision, from Prometheus' sample time.
 fn format_timestamp(seconds: f64) -> String {
     let whole = seconds.floor() as i64;
-    jiff::Timestamp::from_second(whole).map(|t| t.to_string()).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+    jiff::Timestamp::from_second(whole)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
 #[cfg(test)]
@@ -421,13 +497,25 @@ mod tests {
                 metric: "http_requests".into()
             })
         );
-        assert_eq!(parse("namespaces/default/pods/*/http_requests").unwrap().name, ObjectName::All);
+        assert_eq!(
+            parse("namespaces/default/pods/*/http_requests").unwrap().name,
+            ObjectName::All
+        );
         let namespace_metric = parse("namespaces/default/metrics/http_requests").unwrap();
-        assert_eq!((namespace_metric.resource.as_str(), namespace_metric.namespace), ("namespaces", None));
+        assert_eq!(
+            (namespace_metric.resource.as_str(), namespace_metric.namespace),
+            ("namespaces", None)
+        );
         assert_eq!(namespace_metric.name, ObjectName::One("default".into()));
         assert_eq!(parse("namespaces/*/http_requests").unwrap().name, ObjectName::All);
         assert_eq!(parse("pods/*/http_requests").unwrap().namespace, None);
-        for bad in ["namespaces/default", "a/b", "namespaces/default/pods//m", "namespaces/*/pods/*/m", "a/b/c/d/e/f"] {
+        for bad in [
+            "namespaces/default",
+            "a/b",
+            "namespaces/default/pods//m",
+            "namespaces/*/pods/*/m",
+            "a/b/c/d/e/f",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }
@@ -440,7 +528,10 @@ mod tests {
     #[test]
     fn field_selector() {
         let params = |v: &str| BTreeMap::from([("fieldSelector".to_owned(), v.to_owned())]);
-        assert_eq!(field_selector_name(&params("metadata.name=a"), &ObjectName::All).unwrap(), ObjectName::One("a".into()));
+        assert_eq!(
+            field_selector_name(&params("metadata.name=a"), &ObjectName::All).unwrap(),
+            ObjectName::One("a".into())
+        );
         assert!(field_selector_name(&params("metadata.name=a"), &ObjectName::One("b".into())).is_err());
         assert!(field_selector_name(&params("status.phase=Running"), &ObjectName::All).is_err());
     }

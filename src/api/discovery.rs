@@ -11,17 +11,19 @@ use axum::{
 use serde_json::json;
 
 use super::{
-    ApiError, GROUPS, GroupDef,
+    ApiError, GROUPS, GroupDef, json_response,
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
-    wants_pretty, wire_version, json_response,
+    wants_pretty, wire_version,
 };
 use crate::app::SharedState;
 
 type Params = Query<BTreeMap<String, String>>;
 
 fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
-    let group_version =
-        |version: &str| GroupVersion { group_version: format!("{}/{version}", def.name), version: version.to_owned() };
+    let group_version = |version: &str| GroupVersion {
+        group_version: format!("{}/{version}", def.name),
+        version: version.to_owned(),
+    };
     ApiGroup {
         kind: with_type_meta.then_some("APIGroup"),
         api_version: with_type_meta.then_some("v1"),
@@ -67,8 +69,12 @@ pub(super) async fn resource_list(
             verbs: vec!["get"],
         })
         .collect();
-    let list =
-        ApiResourceList { kind: "APIResourceList", api_version: "v1", group_version: format!("{group}/{version}"), resources };
+    let list = ApiResourceList {
+        kind: "APIResourceList",
+        api_version: "v1",
+        group_version: format!("{group}/{version}"),
+        resources,
+    };
     json_response(StatusCode::OK, &list, wants_pretty(&params))
 }
 

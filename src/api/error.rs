@@ -1,8 +1,8 @@
 //! Errors answered to clients: Kubernetes `Status` objects with the code and reason the Go API
 //! machinery would use, and messages that say which stage failed and what to fix.
 
-use axum::response::{IntoResponse, Response};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 
 use super::types::{ListMeta, Status, StatusCause, StatusDetails};
 
@@ -59,8 +59,18 @@ impl ApiError {
     /// 500 InternalError: `Internal error occurred: <cause>` with the cause repeated in details.
     pub fn internal(cause: impl Into<String>) -> Self {
         let cause = cause.into();
-        let details = StatusDetails { causes: vec![StatusCause { message: cause.clone() }], ..Default::default() };
-        Self::new(500, "InternalError", format!("Internal error occurred: {cause}"), Some(details))
+        let details = StatusDetails {
+            causes: vec![StatusCause {
+                message: cause.clone(),
+            }],
+            ..Default::default()
+        };
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {cause}"),
+            Some(details),
+        )
     }
 
     pub fn service_unavailable(message: impl Into<String>) -> Self {
@@ -69,8 +79,16 @@ impl ApiError {
 
     /// 504 Timeout: `Timeout: <message>`, with a retry hint.
     pub fn timeout(message: impl Into<String>, retry_after_seconds: u32) -> Self {
-        let details = StatusDetails { retry_after_seconds: Some(retry_after_seconds), ..Default::default() };
-        Self::new(504, "Timeout", format!("Timeout: {}", message.into()), Some(details))
+        let details = StatusDetails {
+            retry_after_seconds: Some(retry_after_seconds),
+            ..Default::default()
+        };
+        Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: {}", message.into()),
+            Some(details),
+        )
     }
 
     pub fn code(&self) -> u16 {
@@ -84,7 +102,11 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.status.code, self.status.reason, self.status.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.status.code, self.status.reason, self.status.message
+        )
     }
 }
 
@@ -101,8 +123,10 @@ mod tests {
 
     #[test]
     fn status_json_matches_go() {
-        let body = serde_json::to_string(&ApiError::not_found("the server could not find the metric x for pods").status)
-            .unwrap();
+        let body = serde_json::to_string(
+            &ApiError::not_found("the server could not find the metric x for pods").status,
+        )
+        .unwrap();
         assert_eq!(
             body,
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the metric x for pods","reason":"NotFound","code":404}"#

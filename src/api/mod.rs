@@ -31,8 +31,14 @@ pub struct GroupDef {
 /// Every group this server answers. `custom-metrics.metrics.k8s.io` is the group some tutorials
 /// register; it has the same wire format as `custom.metrics.k8s.io/v1beta1`.
 pub const GROUPS: &[GroupDef] = &[
-    GroupDef { name: "custom.metrics.k8s.io", versions: &["v1beta2", "v1beta1"] },
-    GroupDef { name: "custom-metrics.metrics.k8s.io", versions: &["v1beta1"] },
+    GroupDef {
+        name: "custom.metrics.k8s.io",
+        versions: &["v1beta2", "v1beta1"],
+    },
+    GroupDef {
+        name: "custom-metrics.metrics.k8s.io",
+        versions: &["v1beta1"],
+    },
 ];
 
 /// The wire format of a served group/version.
@@ -76,13 +82,19 @@ pub fn router(state: SharedState) -> Router {
 /// Serialises `value` as the Go API server does: compact (or 2-space indented with `?pretty`),
 /// with a trailing newline, as `application/json`.
 pub fn json_response<T: Serialize>(code: StatusCode, value: &T, pretty: bool) -> Response {
-    let body = if pretty { serde_json::to_vec_pretty(value) } else { serde_json::to_vec(value) };
+    let body = if pretty {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    };
     match body {
         Ok(mut body) => {
             body.push(b'\n');
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = code;
-            response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
         Err(err) => {
@@ -104,7 +116,11 @@ async fn health() -> &'static str {
 async fn ready(State(state): State<SharedState>, Query(params): Query<BTreeMap<String, String>>) -> Response {
     let verbose = params.contains_key("verbose");
     if state.is_ready() {
-        let body = if verbose { "[+]ping ok\n[+]metric-discovery ok\nreadyz check passed\n" } else { "ok" };
+        let body = if verbose {
+            "[+]ping ok\n[+]metric-discovery ok\nreadyz check passed\n"
+        } else {
+            "ok"
+        };
         return (StatusCode::OK, body).into_response();
     }
     let body = "[+]ping ok\n[-]metric-discovery failed: the first listing of Prometheus series has not finished\nreadyz check failed\n";

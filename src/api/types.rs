@@ -3,7 +3,8 @@
 //! has no custom-metrics types).
 
 use serde::Serialize;
-use serde_json::Value;
+
+use crate::selector::LabelSelector;
 
 /// `metadata: {}` as current API servers write it for lists.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -30,15 +31,15 @@ pub struct MetricValueV1Beta1 {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<i64>,
     pub value: String,
-    /// A LabelSelector object, or `null` (no omitempty in Go).
-    pub selector: Value,
+    /// The metricLabelSelector as a LabelSelector, or `null` (no omitempty in Go).
+    pub selector: Option<LabelSelector>,
 }
 
 /// custom.metrics.k8s.io/v1beta2 MetricIdentifier.
 #[derive(Debug, Serialize)]
 pub struct MetricIdentifier {
     pub name: String,
-    pub selector: Value,
+    pub selector: Option<LabelSelector>,
 }
 
 /// custom.metrics.k8s.io/v1beta2 MetricValue.

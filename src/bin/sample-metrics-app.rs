@@ -50,17 +50,24 @@ enum Mode {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().mode {
         Mode::Serve { listen } => serve(listen).await,
-        Mode::Load { target, rps, duration_secs } => load(target, rps, duration_secs).await,
+        Mode::Load {
+            target,
+            rps,
+            duration_secs,
+        } => load(target, rps, duration_secs).await,
     }
 }
 
 async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     let served = Arc::new(AtomicU64::new(0));
     let app = Router::new()
-        .route("/", get(|State(n): State<Arc<AtomicU64>>| async move {
-            n.fetch_add(1, Ordering::Relaxed);
-            "hello\n"
-        }))
+        .route(
+            "/",
+            get(|State(n): State<Arc<AtomicU64>>| async move {
+                n.fetch_add(1, Ordering::Relaxed);
+                "hello\n"
+            }),
+        )
         .route("/metrics", get(metrics))
         .with_state(served);
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -79,9 +86,12 @@ async fn metrics(State(served): State<Arc<AtomicU64>>) -> impl IntoResponse {
 
 async fn load(targets: Vec<String>, rps: f64, duration_secs: u64) -> anyhow::Result<()> {
     anyhow::ensure!(rps > 0.0 && rps.is_finite(), "--rps must be positive");
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
-    let deadline = (duration_secs > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(duration_secs));
+    let deadline =
+        (duration_secs > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(duration_secs));
     for target in targets.iter().cycle() {
         ticker.tick().await;
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {

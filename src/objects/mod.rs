@@ -11,11 +11,21 @@ use crate::selector::Selector;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read objects file {path}: {source}")]
-    Read { path: std::path::PathBuf, source: std::io::Error },
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid objects file {path}: {message}")]
-    Parse { path: std::path::PathBuf, message: String },
+    Parse {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("the object source {source_name} does not know {resource}; it lists {known}")]
-    UnsupportedResource { source_name: String, resource: String, known: String },
+    UnsupportedResource {
+        source_name: String,
+        resource: String,
+        known: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -30,7 +40,12 @@ pub struct ObjectRef {
 /// Answers "which objects of this resource exist", from memory (never a request to the API server per call).
 pub trait ObjectSource: Send + Sync {
     /// Objects of `resource` in `namespace` (every namespace when `None`) whose labels match `selector`.
-    fn list(&self, resource: &ResourceInfo, namespace: Option<&str>, selector: &Selector) -> Result<Vec<ObjectRef>>;
+    fn list(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<ObjectRef>>;
 
     /// Whether the named object exists.
     fn exists(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<bool>;

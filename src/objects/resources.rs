@@ -30,7 +30,11 @@ impl ResourceInfo {
 
     /// `GroupResource.String()`: `pods`, `deployments.apps`.
     pub fn group_resource(&self) -> String {
-        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     /// The `apiVersion` prometheus-adapter writes in `describedObject`: `<group>/<version>`,
@@ -72,17 +76,23 @@ impl Resources {
             Some((name, group)) => (name, Some(group)),
             None => (text.as_str(), None),
         };
-        self.list.iter().find(|r| r.is_named(name) && group.is_none_or(|g| g == r.group))
+        self.list
+            .iter()
+            .find(|r| r.is_named(name) && group.is_none_or(|g| g == r.group))
     }
 
     /// Resolves a series label name (`pod`, `service`, `namespace`) to the resource it names.
     pub fn for_label(&self, label: &str) -> Option<&ResourceInfo> {
-        self.list.iter().find(|r| r.singular == label || r.plural == label)
+        self.list
+            .iter()
+            .find(|r| r.singular == label || r.plural == label)
     }
 
     /// The namespaces resource, used for the namespace matcher of namespaced requests.
     pub fn namespaces(&self) -> Option<&ResourceInfo> {
-        self.list.iter().find(|r| r.group.is_empty() && r.plural == "namespaces")
+        self.list
+            .iter()
+            .find(|r| r.group.is_empty() && r.plural == "namespaces")
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &ResourceInfo> {
@@ -91,7 +101,11 @@ impl Resources {
 
     /// `pods, services, namespaces`, for error messages.
     pub fn names(&self) -> String {
-        self.list.iter().map(ResourceInfo::group_resource).collect::<Vec<_>>().join(", ")
+        self.list
+            .iter()
+            .map(ResourceInfo::group_resource)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -103,10 +117,18 @@ mod tests {
     fn resolves_every_spelling() {
         let resources = Resources::default();
         for text in ["pods", "pod", "po", "pods.", "pod.", "Pods"] {
-            assert_eq!(resources.resolve(text).map(|r| r.kind.as_str()), Some("Pod"), "{text}");
+            assert_eq!(
+                resources.resolve(text).map(|r| r.kind.as_str()),
+                Some("Pod"),
+                "{text}"
+            );
         }
         for text in ["services", "service", "svc", "services."] {
-            assert_eq!(resources.resolve(text).map(|r| r.kind.as_str()), Some("Service"), "{text}");
+            assert_eq!(
+                resources.resolve(text).map(|r| r.kind.as_str()),
+                Some("Service"),
+                "{text}"
+            );
         }
         assert_eq!(resources.resolve("ns").map(|r| r.namespaced), Some(false));
         assert!(resources.resolve("pods.apps").is_none());

@@ -75,8 +75,10 @@ pub struct StaticObjects {
 
 impl StaticObjects {
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -84,34 +86,65 @@ impl StaticObjects {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
-            serde_saphyr::from_str(text)
-                .map_err(|err| Error::Parse { path: origin.into(), message: err.to_string() })?
+            serde_saphyr::from_str(text).map_err(|err| Error::Parse {
+                path: origin.into(),
+                message: err.to_string(),
+            })?
         };
-        let namespaced = |e: Entry| Object { namespace: Some(e.namespace), name: e.name, labels: e.labels };
+        let namespaced = |e: Entry| Object {
+            namespace: Some(e.namespace),
+            name: e.name,
+            labels: e.labels,
+        };
         let pods: Vec<Object> = file.pods.into_iter().map(namespaced).collect();
         let services: Vec<Object> = file
             .services
             .into_iter()
-            .map(|s| Object { namespace: Some(s.namespace), name: s.name, labels: s.labels })
+            .map(|s| Object {
+                namespace: Some(s.namespace),
+                name: s.name,
+                labels: s.labels,
+            })
             .collect();
         // A namespace that holds a listed pod or service exists even if not listed itself.
-        let mut namespaces: Vec<Object> =
-            file.namespaces.into_iter().map(|n| Object { namespace: None, name: n.name, labels: n.labels }).collect();
+        let mut namespaces: Vec<Object> = file
+            .namespaces
+            .into_iter()
+            .map(|n| Object {
+                namespace: None,
+                name: n.name,
+                labels: n.labels,
+            })
+            .collect();
         let listed: BTreeSet<String> = namespaces.iter().map(|n| n.name.clone()).collect();
-        let implied: BTreeSet<String> =
-            pods.iter().chain(&services).filter_map(|o| o.namespace.clone()).collect();
+        let implied: BTreeSet<String> = pods
+            .iter()
+            .chain(&services)
+            .filter_map(|o| o.namespace.clone())
+            .collect();
         for name in implied.difference(&listed) {
-            namespaces.push(Object { namespace: None, name: name.clone(), labels: BTreeMap::new() });
+            namespaces.push(Object {
+                namespace: None,
+                name: name.clone(),
+                labels: BTreeMap::new(),
+            });
         }
-        let by_resource = BTreeMap::from([("pods", pods), ("services", services), ("namespaces", namespaces)]);
-        Ok(Self { path: origin.into(), by_resource })
+        let by_resource =
+            BTreeMap::from([("pods", pods), ("services", services), ("namespaces", namespaces)]);
+        Ok(Self {
+            path: origin.into(),
+            by_resource,
+        })
     }
 
     fn objects(&self, resource: &ResourceInfo) -> Result<&[Object]> {
         if !resource.group.is_empty() {
             return Err(self.unsupported(resource));
         }
-        self.by_resource.get(resource.plural.as_str()).map(Vec::as_slice).ok_or_else(|| self.unsupported(resource))
+        self.by_resource
+            .get(resource.plural.as_str())
+            .map(Vec::as_slice)
+            .ok_or_else(|| self.unsupported(resource))
     }
 
     fn unsupported(&self, resource: &ResourceInfo) -> Error {
@@ -124,13 +157,21 @@ impl StaticObjects {
 }
 
 impl ObjectSource for StaticObjects {
-    fn list(&self, resource: &ResourceInfo, namespace: Option<&str>, selector: &Selector) -> Result<Vec<ObjectRef>> {
+    fn list(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Result<Vec<ObjectRef>> {
         let mut refs: Vec<ObjectRef> = self
             .objects(resource)?
             .iter()
             .filter(|o| namespace.is_none() || o.namespace.as_deref() == namespace)
             .filter(|o| selector.matches(&o.labels))
-            .map(|o| ObjectRef { namespace: o.namespace.clone(), name: o.name.clone() })
+            .map(|o| ObjectRef {
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+            })
             .collect();
         refs.sort();
         refs.dedup();
@@ -181,11 +222,22 @@ services:
         assert_eq!(objects.list(pods, Some("default"), &all).unwrap().len(), 2);
         assert_eq!(objects.list(pods, None, &all).unwrap().len(), 3);
         let matched = objects.list(pods, Some("default"), &web).unwrap();
-        assert_eq!(matched, vec![ObjectRef { namespace: Some("default".into()), name: "web-1".into() }]);
+        assert_eq!(
+            matched,
+            vec![ObjectRef {
+                namespace: Some("default".into()),
+                name: "web-1".into()
+            }]
+        );
         assert!(objects.exists(pods, Some("staging"), "db-1").unwrap());
         assert!(!objects.exists(pods, Some("default"), "db-1").unwrap());
         let namespaces = resources.resolve("namespaces").unwrap();
-        let names: Vec<String> = objects.list(namespaces, None, &all).unwrap().into_iter().map(|o| o.name).collect();
+        let names: Vec<String> = objects
+            .list(namespaces, None, &all)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
         assert_eq!(names, ["default", "staging"]);
         let team = Selector::parse("team=a").unwrap();
         assert_eq!(objects.list(namespaces, None, &team).unwrap().len(), 1);

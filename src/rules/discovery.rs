@@ -35,13 +35,25 @@ impl Discovery {
     {
         let mut metrics = BTreeMap::new();
         for (rule_index, labels) in series {
-            let Some(rule) = rules.get(rule_index) else { continue };
-            let Some(series_name) = labels.get("__name__") else { continue };
-            let Some(metric) = rule.metric_name(series_name) else { continue };
+            let Some(rule) = rules.get(rule_index) else {
+                continue;
+            };
+            let Some(series_name) = labels.get("__name__") else {
+                continue;
+            };
+            let Some(metric) = rule.metric_name(series_name) else {
+                continue;
+            };
             for label in labels.keys().filter(|l| *l != "__name__") {
-                let Some(resource) = rule.resource_for_label(label, resources) else { continue };
+                let Some(resource) = rule.resource_for_label(label, resources) else {
+                    continue;
+                };
                 let key = (resource.group_resource(), metric.clone());
-                let entry = MetricEntry { series: series_name.clone(), rule: rule_index, resource: resource.clone() };
+                let entry = MetricEntry {
+                    series: series_name.clone(),
+                    rule: rule_index,
+                    resource: resource.clone(),
+                };
                 match metrics.get(&key) {
                     Some(MetricEntry { rule, .. }) if *rule <= rule_index => {}
                     _ => {
@@ -50,7 +62,10 @@ impl Discovery {
                 }
             }
         }
-        Self { metrics, listed_at: Some(listed_at) }
+        Self {
+            metrics,
+            listed_at: Some(listed_at),
+        }
     }
 
     /// Copies the entries of `rules` from `previous` (used when those rules' series query failed).
@@ -68,7 +83,9 @@ impl Discovery {
 
     /// Every (resource, metric) pair, sorted by resource then metric.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &MetricEntry)> {
-        self.metrics.iter().map(|((_, metric), entry)| (metric.as_str(), entry))
+        self.metrics
+            .iter()
+            .map(|((_, metric), entry)| (metric.as_str(), entry))
     }
 
     pub fn len(&self) -> usize {
@@ -81,14 +98,22 @@ impl Discovery {
 
     /// The resources `metric` is served for (to explain a request for the wrong resource).
     pub fn resources_of(&self, metric: &str) -> Vec<String> {
-        self.metrics.keys().filter(|(_, m)| m == metric).map(|(gr, _)| gr.clone()).collect()
+        self.metrics
+            .keys()
+            .filter(|(_, m)| m == metric)
+            .map(|(gr, _)| gr.clone())
+            .collect()
     }
 
     /// Up to three names served for `resource` that are close to `metric` (typos, `_total` suffixes).
     pub fn closest(&self, resource: &ResourceInfo, metric: &str) -> Vec<String> {
         let gr = resource.group_resource();
-        let names: BTreeSet<&str> =
-            self.metrics.keys().filter(|(r, _)| *r == gr).map(|(_, m)| m.as_str()).collect();
+        let names: BTreeSet<&str> = self
+            .metrics
+            .keys()
+            .filter(|(r, _)| *r == gr)
+            .map(|(_, m)| m.as_str())
+            .collect();
         let mut scored: Vec<(usize, &str)> = names
             .into_iter()
             .map(|name| (strsim::levenshtein(name, metric), name))
@@ -97,7 +122,11 @@ impl Discovery {
             })
             .collect();
         scored.sort();
-        scored.into_iter().take(3).map(|(_, name)| name.to_owned()).collect()
+        scored
+            .into_iter()
+            .take(3)
+            .map(|(_, name)| name.to_owned())
+            .collect()
     }
 }
 
@@ -107,7 +136,10 @@ mod tests {
     use crate::rules::default_rules;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -122,12 +154,20 @@ mod tests {
             ("instance", "10.0.0.1:8080"),
         ]);
         let gauge = labels(&[("__name__", "queue_depth"), ("namespace", "default")]);
-        let container = labels(&[("__name__", "container_cpu_usage_seconds_total"), ("namespace", "x"), ("pod", "p")]);
-        let series: Vec<(usize, &BTreeMap<String, String>)> =
-            (3..6).flat_map(|i| [(i, &counter), (i, &gauge)]).chain((0..3).map(|i| (i, &container))).collect();
+        let container = labels(&[
+            ("__name__", "container_cpu_usage_seconds_total"),
+            ("namespace", "x"),
+            ("pod", "p"),
+        ]);
+        let series: Vec<(usize, &BTreeMap<String, String>)> = (3..6)
+            .flat_map(|i| [(i, &counter), (i, &gauge)])
+            .chain((0..3).map(|i| (i, &container)))
+            .collect();
         let discovery = Discovery::build(&rules, series, &resources, SystemTime::now());
-        let pairs: Vec<(String, &str)> =
-            discovery.iter().map(|(m, e)| (e.resource.group_resource(), m)).collect::<Vec<_>>();
+        let pairs: Vec<(String, &str)> = discovery
+            .iter()
+            .map(|(m, e)| (e.resource.group_resource(), m))
+            .collect::<Vec<_>>();
         let pairs: Vec<(&str, &str)> = pairs.iter().map(|(r, m)| (r.as_str(), *m)).collect();
         assert_eq!(
             pairs,
@@ -141,7 +181,10 @@ mod tests {
             ]
         );
         let pods = resources.resolve("pods").unwrap();
-        assert_eq!(discovery.get(pods, "http_requests").unwrap().series, "http_requests_total");
+        assert_eq!(
+            discovery.get(pods, "http_requests").unwrap().series,
+            "http_requests_total"
+        );
         assert_eq!(discovery.closest(pods, "http_request"), ["http_requests"]);
         assert_eq!(discovery.closest(pods, "http_requests_total"), ["http_requests"]);
         assert!(discovery.closest(pods, "zzz").is_empty());

@@ -19,9 +19,19 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid regular expression {pattern:?} in rule {rule}: {source}")]
-    Regex { rule: usize, pattern: String, source: Box<regex::Error> },
-    #[error("rule {rule}: name.matches {pattern:?} has {groups} capture groups, so name.as must say which to use")]
-    AmbiguousAs { rule: usize, pattern: String, groups: usize },
+    Regex {
+        rule: usize,
+        pattern: String,
+        source: Box<regex::Error>,
+    },
+    #[error(
+        "rule {rule}: name.matches {pattern:?} has {groups} capture groups, so name.as must say which to use"
+    )]
+    AmbiguousAs {
+        rule: usize,
+        pattern: String,
+        groups: usize,
+    },
     #[error("rule {rule} maps no series label to {resource}, so it cannot select {resource} in PromQL")]
     NoLabelForResource { rule: usize, resource: String },
     #[error(transparent)]
@@ -86,7 +96,13 @@ impl Rule {
             None => match name_matches.captures_len() - 1 {
                 0 => "$0".to_owned(),
                 1 => "$1".to_owned(),
-                groups => return Err(Error::AmbiguousAs { rule: index, pattern: pattern.into(), groups }),
+                groups => {
+                    return Err(Error::AmbiguousAs {
+                        rule: index,
+                        pattern: pattern.into(),
+                        groups,
+                    });
+                }
             },
         };
         let template_regex = match &resources.template {
@@ -109,7 +125,10 @@ impl Rule {
         if !self.name_matches.is_match(series) || !self.filters.iter().all(|f| f.passes(series)) {
             return None;
         }
-        let name = self.name_matches.replace_all(series, self.name_as.as_str()).into_owned();
+        let name = self
+            .name_matches
+            .replace_all(series, self.name_as.as_str())
+            .into_owned();
         (!name.is_empty()).then_some(name)
     }
 
@@ -137,13 +156,21 @@ impl Rule {
         by_override.or_else(|| {
             let template = self.resources.template.as_ref()?;
             let group = resource.group.replace(['.', '-'], "_");
-            Some(template.replace("<<.Resource>>", &resource.singular).replace("<<.Group>>", &group))
+            Some(
+                template
+                    .replace("<<.Resource>>", &resource.singular)
+                    .replace("<<.Group>>", &group),
+            )
         })
     }
 }
 
 fn compile(rule: usize, pattern: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|source| Error::Regex { rule, pattern: pattern.into(), source: Box::new(source) })
+    Regex::new(pattern).map_err(|source| Error::Regex {
+        rule,
+        pattern: pattern.into(),
+        source: Box::new(source),
+    })
 }
 
 /// Turns a resource template into an anchored regex with `resource` and `group` captures.
@@ -165,10 +192,16 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
     let rate = format!("sum(rate(<<.Series>>{{<<.LabelMatchers>>}}[{rate_interval}])) by (<<.GroupBy>>)");
     let gauge = "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)";
     let container_labels = ResourceMapping {
-        overrides: BTreeMap::from([("namespace".into(), "namespace".into()), ("pod".into(), "pod".into())]),
+        overrides: BTreeMap::from([
+            ("namespace".into(), "namespace".into()),
+            ("pod".into(), "pod".into()),
+        ]),
         template: None,
     };
-    let any_resource = ResourceMapping { overrides: BTreeMap::new(), template: Some("<<.Resource>>".into()) };
+    let any_resource = ResourceMapping {
+        overrides: BTreeMap::new(),
+        template: Some("<<.Resource>>".into()),
+    };
     let is_not = |i, p| compile(i, p).map(SeriesFilter::IsNot);
     Ok(vec![
         Rule::new(
@@ -198,7 +231,15 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
             container_labels,
             container_gauge,
         )?,
-        Rule::new(3, OTHER_SERIES, vec![is_not(3, ".*_total$")?], None, None, any_resource.clone(), gauge)?,
+        Rule::new(
+            3,
+            OTHER_SERIES,
+            vec![is_not(3, ".*_total$")?],
+            None,
+            None,
+            any_resource.clone(),
+            gauge,
+        )?,
         Rule::new(
             4,
             OTHER_SERIES,
@@ -208,7 +249,15 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
             any_resource.clone(),
             &rate,
         )?,
-        Rule::new(5, OTHER_SERIES, vec![], Some("^(.*)_seconds_total$"), None, any_resource, &rate)?,
+        Rule::new(
+            5,
+            OTHER_SERIES,
+            vec![],
+            Some("^(.*)_seconds_total$"),
+            None,
+            any_resource,
+            &rate,
+        )?,
     ])
 }
 
@@ -233,11 +282,25 @@ pub struct Query {
 }
 
 /// Renders the rule's `metricsQuery` for a request.
-pub fn build_query(rule: &Rule, index: usize, series: &str, req: QueryRequest<'_>, resources: &Resources) -> Result<Query> {
-    let no_label = |resource: &ResourceInfo| Error::NoLabelForResource { rule: index, resource: resource.group_resource() };
-    let resource_label = rule.label_for_resource(req.resource, resources).ok_or_else(|| no_label(req.resource))?;
+pub fn build_query(
+    rule: &Rule,
+    index: usize,
+    series: &str,
+    req: QueryRequest<'_>,
+    resources: &Resources,
+) -> Result<Query> {
+    let no_label = |resource: &ResourceInfo| Error::NoLabelForResource {
+        rule: index,
+        resource: resource.group_resource(),
+    };
+    let resource_label = rule
+        .label_for_resource(req.resource, resources)
+        .ok_or_else(|| no_label(req.resource))?;
     let namespace_label = match (req.resource.namespaced, resources.namespaces()) {
-        (true, Some(namespaces)) => Some(rule.label_for_resource(namespaces, resources).ok_or_else(|| no_label(namespaces))?),
+        (true, Some(namespaces)) => Some(
+            rule.label_for_resource(namespaces, resources)
+                .ok_or_else(|| no_label(namespaces))?,
+        ),
         _ => None,
     };
 
@@ -245,7 +308,9 @@ pub fn build_query(rule: &Rule, index: usize, series: &str, req: QueryRequest<'_
     let mut group_by = vec![resource_label.clone()];
     if let Some(namespace_label) = &namespace_label {
         match req.namespace {
-            Some(namespace) => matchers.push(promql::matcher(namespace_label, promql::MatchOp::Eq, namespace)),
+            Some(namespace) => {
+                matchers.push(promql::matcher(namespace_label, promql::MatchOp::Eq, namespace))
+            }
             // A cluster-wide request for a namespaced resource keeps objects of different namespaces apart.
             None => group_by.push(namespace_label.clone()),
         }
@@ -260,26 +325,56 @@ pub fn build_query(rule: &Rule, index: usize, series: &str, req: QueryRequest<'_
         .replace("<<.Series>>", series)
         .replace("<<.LabelMatchers>>", &matchers.join(","))
         .replace("<<.GroupBy>>", &group_by.join(","));
-    Ok(Query { promql, resource_label, namespace_label })
+    Ok(Query {
+        promql,
+        resource_label,
+        namespace_label,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The rules that name `series`, among those whose seriesQuery returns it (container_*
+    /// series only reach rules 0-2, everything else only rules 3-5).
     fn name(rules: &[Rule], series: &str) -> Vec<(usize, String)> {
-        rules.iter().enumerate().filter_map(|(i, r)| r.metric_name(series).map(|n| (i, n))).collect()
+        let reachable = if series.starts_with("container_") {
+            0..3
+        } else {
+            3..6
+        };
+        rules[reachable.clone()]
+            .iter()
+            .zip(reachable)
+            .filter_map(|(r, i)| r.metric_name(series).map(|n| (i, n)))
+            .collect()
     }
 
     #[test]
     fn default_naming_matches_prometheus_adapter() {
         let rules = default_rules("2m").unwrap();
-        assert_eq!(name(&rules, "http_requests_total"), [(4, "http_requests".to_owned())]);
-        assert_eq!(name(&rules, "process_cpu_seconds_total"), [(5, "process_cpu".to_owned())]);
+        assert_eq!(
+            name(&rules, "http_requests_total"),
+            [(4, "http_requests".to_owned())]
+        );
+        assert_eq!(
+            name(&rules, "process_cpu_seconds_total"),
+            [(5, "process_cpu".to_owned())]
+        );
         assert_eq!(name(&rules, "queue_depth"), [(3, "queue_depth".to_owned())]);
-        assert_eq!(name(&rules, "container_cpu_usage_seconds_total"), [(0, "cpu_usage".to_owned())]);
-        assert_eq!(name(&rules, "container_network_receive_bytes_total"), [(1, "network_receive_bytes".to_owned())]);
-        assert_eq!(name(&rules, "container_memory_usage_bytes"), [(2, "memory_usage_bytes".to_owned())]);
+        assert_eq!(
+            name(&rules, "container_cpu_usage_seconds_total"),
+            [(0, "cpu_usage".to_owned())]
+        );
+        assert_eq!(
+            name(&rules, "container_network_receive_bytes_total"),
+            [(1, "network_receive_bytes".to_owned())]
+        );
+        assert_eq!(
+            name(&rules, "container_memory_usage_bytes"),
+            [(2, "memory_usage_bytes".to_owned())]
+        );
     }
 
     #[test]
@@ -287,15 +382,31 @@ mod tests {
         let rules = default_rules("2m").unwrap();
         let resources = Resources::default();
         let template_rule = &rules[4];
-        assert_eq!(template_rule.resource_for_label("pod", &resources).map(|r| r.kind.as_str()), Some("Pod"));
-        assert_eq!(template_rule.resource_for_label("service", &resources).map(|r| r.kind.as_str()), Some("Service"));
+        assert_eq!(
+            template_rule
+                .resource_for_label("pod", &resources)
+                .map(|r| r.kind.as_str()),
+            Some("Pod")
+        );
+        assert_eq!(
+            template_rule
+                .resource_for_label("service", &resources)
+                .map(|r| r.kind.as_str()),
+            Some("Service")
+        );
         assert!(template_rule.resource_for_label("instance", &resources).is_none());
         let services = resources.resolve("svc").unwrap();
-        assert_eq!(template_rule.label_for_resource(services, &resources).as_deref(), Some("service"));
+        assert_eq!(
+            template_rule.label_for_resource(services, &resources).as_deref(),
+            Some("service")
+        );
         let container_rule = &rules[0];
         assert!(container_rule.resource_for_label("service", &resources).is_none());
         let pods = resources.resolve("pods").unwrap();
-        assert_eq!(container_rule.label_for_resource(pods, &resources).as_deref(), Some("pod"));
+        assert_eq!(
+            container_rule.label_for_resource(pods, &resources).as_deref(),
+            Some("pod")
+        );
         assert!(container_rule.label_for_resource(services, &resources).is_none());
     }
 
@@ -306,7 +417,12 @@ mod tests {
         let everything = Selector::parse("").unwrap();
         let service = resources.resolve("services").unwrap();
         let names = ["sample-metrics-app".to_owned()];
-        let req = QueryRequest { resource: service, namespace: Some("default"), names: Some(&names), metric_selector: &everything };
+        let req = QueryRequest {
+            resource: service,
+            namespace: Some("default"),
+            names: Some(&names),
+            metric_selector: &everything,
+        };
         let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
         assert_eq!(
             query.promql,
@@ -318,22 +434,40 @@ mod tests {
         let pods = resources.resolve("pods").unwrap();
         let names = ["a.1".to_owned(), "b".to_owned()];
         let selector = Selector::parse("verb in (GET,POST),code!=500").unwrap();
-        let req = QueryRequest { resource: pods, namespace: Some("prod"), names: Some(&names), metric_selector: &selector };
+        let req = QueryRequest {
+            resource: pods,
+            namespace: Some("prod"),
+            names: Some(&names),
+            metric_selector: &selector,
+        };
         let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
         assert_eq!(
             query.promql,
             r#"sum(rate(http_requests_total{code!="500",verb=~"GET|POST",namespace="prod",pod=~"a\\.1|b"}[2m])) by (pod)"#
         );
 
-        let req = QueryRequest { resource: pods, namespace: None, names: None, metric_selector: &everything };
+        let req = QueryRequest {
+            resource: pods,
+            namespace: None,
+            names: None,
+            metric_selector: &everything,
+        };
         let query = build_query(&rules[3], 3, "queue_depth", req, &resources).unwrap();
         assert_eq!(query.promql, r#"sum(queue_depth{pod!=""}) by (pod,namespace)"#);
 
         let namespaces = resources.resolve("namespaces").unwrap();
         let names = ["default".to_owned()];
-        let req = QueryRequest { resource: namespaces, namespace: None, names: Some(&names), metric_selector: &everything };
+        let req = QueryRequest {
+            resource: namespaces,
+            namespace: None,
+            names: Some(&names),
+            metric_selector: &everything,
+        };
         let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
-        assert_eq!(query.promql, r#"sum(rate(http_requests_total{namespace="default"}[2m])) by (namespace)"#);
+        assert_eq!(
+            query.promql,
+            r#"sum(rate(http_requests_total{namespace="default"}[2m])) by (namespace)"#
+        );
         assert_eq!(query.namespace_label, None);
     }
 
@@ -341,7 +475,16 @@ mod tests {
     fn name_as_defaults() {
         let mapping = ResourceMapping::default();
         assert!(Rule::new(0, "{}", vec![], Some("^(a)(b)$"), None, mapping.clone(), "x").is_err());
-        let rule = Rule::new(0, "{}", vec![], Some("^(.*)_count$"), Some("${1}_per_thing"), mapping, "x").unwrap();
+        let rule = Rule::new(
+            0,
+            "{}",
+            vec![],
+            Some("^(.*)_count$"),
+            Some("${1}_per_thing"),
+            mapping,
+            "x",
+        )
+        .unwrap();
         assert_eq!(rule.metric_name("jobs_count").as_deref(), Some("jobs_per_thing"));
         assert_eq!(rule.metric_name("jobs_total"), None);
     }

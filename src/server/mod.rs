@@ -39,8 +39,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30));
     if !tls.http2() {
         builder = builder.http1_only();
     }
@@ -78,21 +85,33 @@ pub async fn serve(
                     return;
                 }
             };
-            let peer_certificates =
-                stream.get_ref().1.peer_certificates().map(|certs| certs.to_vec()).unwrap_or_default();
-            let info = ConnectionInfo { peer, peer_certificates: Arc::new(peer_certificates) };
+            let peer_certificates = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| certs.to_vec())
+                .unwrap_or_default();
+            let info = ConnectionInfo {
+                peer,
+                peer_certificates: Arc::new(peer_certificates),
+            };
             let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
                 request.extensions_mut().insert(info.clone());
                 router.clone().oneshot(request)
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %err, "Connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("Some connections were still busy after {DRAIN_TIMEOUT:?}; closing them");
     }
     Ok(())

@@ -71,14 +71,22 @@ impl TlsSource {
         Ok(Self {
             config: Arc::new(ArcSwap::from_pointee(config)),
             http2,
-            files: Some(Arc::new(WatchedFiles { cert: cert.to_owned(), key: key.to_owned(), last: Mutex::new(stamps) })),
+            files: Some(Arc::new(WatchedFiles {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                last: Mutex::new(stamps),
+            })),
         })
     }
 
     /// Serves PEM text held in memory.
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], http2: bool) -> Result<Self> {
         let config = server_config(cert_pem, key_pem, "memory", http2)?;
-        Ok(Self { config: Arc::new(ArcSwap::from_pointee(config)), http2, files: None })
+        Ok(Self {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            http2,
+            files: None,
+        })
     }
 
     /// Reuses `dir/apiserver.crt` and `dir/apiserver.key`, generating them first when absent.
@@ -88,13 +96,23 @@ impl TlsSource {
         if !(cert.exists() && key.exists()) {
             let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
             let generated = rcgen::generate_simple_self_signed(names)?;
-            std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
             write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-            std::fs::write(&cert, generated.cert.pem()).map_err(|source| Error::Write { path: cert.clone(), source })?;
+            std::fs::write(&cert, generated.cert.pem()).map_err(|source| Error::Write {
+                path: cert.clone(),
+                source,
+            })?;
             tracing::info!(cert = %cert.display(), "Generated a self-signed serving certificate");
         }
         let config = load_files(&cert, &key, http2)?;
-        Ok(Self { config: Arc::new(ArcSwap::from_pointee(config)), http2, files: None })
+        Ok(Self {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            http2,
+            files: None,
+        })
     }
 
     pub fn http2(&self) -> bool {
@@ -107,7 +125,9 @@ impl TlsSource {
 
     /// Reloads the certificate files if they changed; a broken pair keeps the previous certificate.
     pub fn reload_if_changed(&self) -> Result<bool> {
-        let Some(files) = &self.files else { return Ok(false) };
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
         let WatchedFiles { cert, key, last } = files.as_ref();
         let now = (stamp(cert), stamp(key));
         let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -150,25 +170,46 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(|source| Error::Write { path: path.to_owned(), source })?;
-    file.write_all(contents).map_err(|source| Error::Write { path: path.to_owned(), source })
+    let mut file = options.open(path).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    file.write_all(contents).map_err(|source| Error::Write {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn load_files(cert: &Path, key: &Path, http2: bool) -> Result<ServerConfig> {
-    let read = |p: &Path| std::fs::read(p).map_err(|source| Error::Read { path: p.to_owned(), source });
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| Error::Read {
+            path: p.to_owned(),
+            source,
+        })
+    };
     server_config(&read(cert)?, &read(key)?, &cert.display().to_string(), http2)
 }
 
 fn server_config(cert_pem: &[u8], key_pem: &[u8], origin: &str, http2: bool) -> Result<ServerConfig> {
-    let pem_error = |err: rustls_pki_types::pem::Error| Error::Pem { path: origin.into(), message: err.to_string() };
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(pem_error)?;
+    let pem_error = |err: rustls_pki_types::pem::Error| Error::Pem {
+        path: origin.into(),
+        message: err.to_string(),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(pem_error)?;
     if chain.is_empty() {
         return Err(Error::NoCertificate { path: origin.into() });
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem_error)?;
-    let mut config = ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key)?;
-    config.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    let mut config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 
@@ -195,10 +236,17 @@ mod tests {
         install_provider();
         let dir = tempfile::tempdir().unwrap();
         TlsSource::self_signed(dir.path(), true).unwrap();
-        let (cert, key) = (dir.path().join(SELF_SIGNED_CERT), dir.path().join(SELF_SIGNED_KEY));
+        let (cert, key) = (
+            dir.path().join(SELF_SIGNED_CERT),
+            dir.path().join(SELF_SIGNED_KEY),
+        );
         let source = TlsSource::from_files(&cert, &key, false).unwrap();
         assert!(!source.reload_if_changed().unwrap());
-        std::fs::write(&cert, "not a certificate, and longer than before so the stamp changes for sure").unwrap();
+        std::fs::write(
+            &cert,
+            "not a certificate, and longer than before so the stamp changes for sure",
+        )
+        .unwrap();
         assert!(source.reload_if_changed().is_err());
         let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         std::fs::write(&cert, other.cert.pem()).unwrap();

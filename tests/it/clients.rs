@@ -21,14 +21,22 @@ async fn curl_gets_the_seed_answer_over_http2_and_reuses_connections() {
         .output()
         .await
         .expect("run curl");
-    assert!(output.status.success(), "curl failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let (body, trailer) = stdout.rsplit_once('\n').unwrap();
     assert_eq!(trailer, "2 200", "HTTP/2 via ALPN");
     let list: Value = serde_json::from_str(body).expect("JSON");
     assert_eq!(list["kind"], "MetricValueList");
     assert_eq!(list["items"][0]["describedObject"]["name"], "sample-metrics-app");
-    assert_close(quantity(list["items"][0]["value"].as_str().unwrap()), SEED_SERVICE_RATE, "curl");
+    assert_close(
+        quantity(list["items"][0]["value"].as_str().unwrap()),
+        SEED_SERVICE_RATE,
+        "curl",
+    );
 
     // HTTP/1.1 keep-alive: two URLs in one curl run share one connection.
     let output = Command::new("curl")
@@ -40,7 +48,10 @@ async fn curl_gets_the_seed_answer_over_http2_and_reuses_connections() {
         .expect("run curl");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"), "{stderr}");
+    assert!(
+        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -59,14 +70,25 @@ async fn kubectl_get_raw_reads_values_and_errors() {
     .unwrap();
     let kubectl = |path: &str| {
         let mut command = Command::new("kubectl");
-        command.arg("--kubeconfig").arg(&kubeconfig).args(["get", "--raw", path]);
+        command
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "--raw", path]);
         command
     };
     let output = kubectl(SEED).output().await.expect("run kubectl");
-    assert!(output.status.success(), "kubectl failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "kubectl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let list: Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(list["apiVersion"], "custom-metrics.metrics.k8s.io/v1beta1");
-    assert_close(quantity(list["items"][0]["value"].as_str().unwrap()), SEED_SERVICE_RATE, "kubectl");
+    assert_close(
+        quantity(list["items"][0]["value"].as_str().unwrap()),
+        SEED_SERVICE_RATE,
+        "kubectl",
+    );
 
     let output = kubectl("/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/no_such_metric")
         .output()
@@ -75,7 +97,9 @@ async fn kubectl_get_raw_reads_values_and_errors() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("Error from server (NotFound): the server could not find the metric no_such_metric for pods"),
+        stderr.contains(
+            "Error from server (NotFound): the server could not find the metric no_such_metric for pods"
+        ),
         "kubectl decodes our Status: {stderr}"
     );
 }
@@ -108,14 +132,25 @@ async fn slow_prometheus(delay: Duration) -> std::net::SocketAddr {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let slow = slow_prometheus(Duration::from_millis(1500)).await;
-    let adapter = start_adapter(AdapterOptions { query_url: Some(format!("http://{slow}")), ..Default::default() }).await;
-    let url = adapter.url("/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/http_requests");
+    let adapter = start_adapter(AdapterOptions {
+        query_url: Some(format!("http://{slow}")),
+        ..Default::default()
+    })
+    .await;
+    let url =
+        adapter.url("/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/http_requests");
     let in_flight = tokio::spawn(async move { https().get(url).send().await.map(|r| r.status().as_u16()) });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let addr = adapter.addr;
     let stopped = tokio::spawn(adapter.shutdown());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections once shutting down");
-    assert_eq!(in_flight.await.unwrap().expect("in-flight request completes"), 200);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections once shutting down"
+    );
+    assert_eq!(
+        in_flight.await.unwrap().expect("in-flight request completes"),
+        200
+    );
     stopped.await.unwrap().expect("server stops cleanly");
 }

@@ -12,7 +12,10 @@ async fn discovery_documents() {
         ("/apis/custom.metrics.k8s.io", "group_custom"),
         ("/apis/custom-metrics.metrics.k8s.io", "group_custom_metrics"),
         ("/apis/custom.metrics.k8s.io/v1beta2", "resources_custom_v1beta2"),
-        ("/apis/custom-metrics.metrics.k8s.io/v1beta1", "resources_custom_metrics_v1beta1"),
+        (
+            "/apis/custom-metrics.metrics.k8s.io/v1beta1",
+            "resources_custom_metrics_v1beta1",
+        ),
     ] {
         let (status, body) = get(&adapter, path).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -20,11 +23,30 @@ async fn discovery_documents() {
     }
     let (_, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1").await;
     let list: Value = serde_json::from_str(&body).unwrap();
-    let names: Vec<&str> = list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    for expected in ["pods/http_requests", "services/http_requests", "namespaces/http_requests", "pods/queue_depth", "pods/process_cpu"] {
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "pods/http_requests",
+        "services/http_requests",
+        "namespaces/http_requests",
+        "pods/queue_depth",
+        "pods/process_cpu",
+    ] {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }
-    let namespaced = |name: &str| list["resources"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap()["namespaced"].clone();
+    let namespaced = |name: &str| {
+        list["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()["namespaced"]
+            .clone()
+    };
     assert_eq!(namespaced("namespaces/http_requests"), false);
     assert_eq!(namespaced("pods/http_requests"), true);
 }
@@ -35,7 +57,10 @@ async fn empty_discovery_is_an_empty_array() {
     adapter.state.discovery.store(Default::default());
     let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1").await;
     assert_eq!(status, 200);
-    assert_eq!(body, "{\"kind\":\"APIResourceList\",\"apiVersion\":\"v1\",\"groupVersion\":\"custom.metrics.k8s.io/v1beta1\",\"resources\":[]}\n");
+    assert_eq!(
+        body,
+        "{\"kind\":\"APIResourceList\",\"apiVersion\":\"v1\",\"groupVersion\":\"custom.metrics.k8s.io/v1beta1\",\"resources\":[]}\n"
+    );
 }
 
 #[tokio::test]
@@ -44,7 +69,10 @@ async fn health_version_and_openapi() {
     for path in ["/healthz", "/livez", "/readyz"] {
         assert_eq!(get(&adapter, path).await, (200, "ok".to_owned()), "{path}");
     }
-    adapter.state.relisted.store(false, std::sync::atomic::Ordering::Release);
+    adapter
+        .state
+        .relisted
+        .store(false, std::sync::atomic::Ordering::Release);
     let (status, body) = get(&adapter, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("[-]metric-discovery failed"), "{body}");
@@ -53,7 +81,10 @@ async fn health_version_and_openapi() {
     assert_eq!(status, 200);
     let version: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(version["gitVersion"], concat!("v", env!("CARGO_PKG_VERSION")));
-    assert!(body.starts_with(r#"{"major":"","minor":"","gitVersion":"#), "Go field order: {body}");
+    assert!(
+        body.starts_with(r#"{"major":"","minor":"","gitVersion":"#),
+        "Go field order: {body}"
+    );
 
     let (status, body) = get(&adapter, "/openapi/v2").await;
     assert_eq!(status, 200);

@@ -34,12 +34,26 @@ async fn seed_service_request_returns_the_true_rate() {
     assert_golden("seed_service_v1beta1", &body);
     let items = items(&body);
     assert_eq!(items.len(), 1);
-    assert_close(quantity(items[0]["value"].as_str().unwrap()), SEED_SERVICE_RATE, "service rate");
+    assert_close(
+        quantity(items[0]["value"].as_str().unwrap()),
+        SEED_SERVICE_RATE,
+        "service rate",
+    );
     // The timestamp is Prometheus' sample time: recent, never in the future.
     let timestamp = items[0]["timestamp"].as_str().unwrap();
-    let seconds = timestamp.parse::<jiff::Timestamp>().expect("RFC 3339").as_second();
-    assert_eq!(timestamp.len(), "2018-11-30T20:56:34Z".len(), "second precision: {timestamp}");
-    assert!(seconds <= now_secs() && seconds >= now_secs() - 30, "timestamp {timestamp}");
+    let seconds = timestamp
+        .parse::<jiff::Timestamp>()
+        .expect("RFC 3339")
+        .as_second();
+    assert_eq!(
+        timestamp.len(),
+        "2018-11-30T20:56:34Z".len(),
+        "second precision: {timestamp}"
+    );
+    assert!(
+        seconds <= now_secs() && seconds >= now_secs() - 30,
+        "timestamp {timestamp}"
+    );
     assert!(body.ends_with("}\n"), "Go's encoder ends bodies with a newline");
 }
 
@@ -50,21 +64,29 @@ async fn every_group_version_serves_the_same_value() {
         ("custom.metrics.k8s.io/v1beta1", "seed_service_custom_v1beta1"),
         ("custom.metrics.k8s.io/v1beta2", "seed_service_custom_v1beta2"),
     ] {
-        let path = format!("/apis/{group_version}/namespaces/default/services/sample-metrics-app/http_requests");
+        let path =
+            format!("/apis/{group_version}/namespaces/default/services/sample-metrics-app/http_requests");
         let (status, body) = get(&adapter, &path).await;
         assert_eq!(status, 200, "{body}");
         assert_golden(golden, &body);
         let list: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(list["apiVersion"], group_version);
-        assert_close(quantity(list["items"][0]["value"].as_str().unwrap()), SEED_SERVICE_RATE, group_version);
+        assert_close(
+            quantity(list["items"][0]["value"].as_str().unwrap()),
+            SEED_SERVICE_RATE,
+            group_version,
+        );
     }
 }
 
 #[tokio::test]
 async fn pods_by_name_and_by_wildcard_without_an_object_source() {
     let adapter = start_adapter(AdapterOptions::default()).await;
-    let (status, body) =
-        get(&adapter, "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/sample-metrics-app-1/http_requests").await;
+    let (status, body) = get(
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/sample-metrics-app-1/http_requests",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_golden("pod_by_name_v1beta2", &body);
     let got = values(&body);
@@ -72,14 +94,31 @@ async fn pods_by_name_and_by_wildcard_without_an_object_source() {
     assert_close(got[0].2, 200.25, "pod 1");
 
     // `*` without an object source: every pod with samples in the namespace, none from `staging`.
-    let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/*/http_requests").await;
+    let (status, body) = get(
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/*/http_requests",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_golden("pods_wildcard_v1beta1", &body);
     let got = values(&body);
     let names: Vec<&str> = got.iter().map(|(_, name, _)| name.as_str()).collect();
-    assert_eq!(names, ["backend-0", "ghost-0", "sample-metrics-app-0", "sample-metrics-app-1", "sample-metrics-app-2"]);
+    assert_eq!(
+        names,
+        [
+            "backend-0",
+            "ghost-0",
+            "sample-metrics-app-0",
+            "sample-metrics-app-1",
+            "sample-metrics-app-2"
+        ]
+    );
     assert!(got.iter().all(|(ns, _, _)| ns == "default"));
-    for (name, rate) in [("backend-0", 3.0), ("sample-metrics-app-0", 100.5), ("sample-metrics-app-2", 200.734)] {
+    for (name, rate) in [
+        ("backend-0", 3.0),
+        ("sample-metrics-app-0", 100.5),
+        ("sample-metrics-app-2", 200.734),
+    ] {
         let value = got.iter().find(|(_, n, _)| n == name).unwrap().2;
         assert_close(value, rate, name);
     }
@@ -87,8 +126,17 @@ async fn pods_by_name_and_by_wildcard_without_an_object_source() {
 
 #[tokio::test]
 async fn label_selector_returns_exactly_the_matching_pods_with_samples() {
-    let adapter = start_adapter(AdapterOptions { objects_yaml: Some(OBJECTS_YAML), ..Default::default() }).await;
-    let names = |body: &str| values(body).into_iter().map(|(_, name, _)| name).collect::<Vec<_>>();
+    let adapter = start_adapter(AdapterOptions {
+        objects_yaml: Some(OBJECTS_YAML),
+        ..Default::default()
+    })
+    .await;
+    let names = |body: &str| {
+        values(body)
+            .into_iter()
+            .map(|(_, name, _)| name)
+            .collect::<Vec<_>>()
+    };
     let path = |selector: &str| {
         format!(
             "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests?labelSelector={}",
@@ -97,11 +145,33 @@ async fn label_selector_returns_exactly_the_matching_pods_with_samples() {
     };
     // sample-metrics-app-3 matches but has no samples; ghost-0 has samples but no object.
     let cases: [(&str, &[&str]); 5] = [
-        ("app=sample-metrics-app", &["sample-metrics-app-0", "sample-metrics-app-1", "sample-metrics-app-2"]),
+        (
+            "app=sample-metrics-app",
+            &[
+                "sample-metrics-app-0",
+                "sample-metrics-app-1",
+                "sample-metrics-app-2",
+            ],
+        ),
         ("app in (backend,worker)", &["backend-0"]),
         ("app!=sample-metrics-app", &["backend-0"]),
-        ("tier,app==sample-metrics-app", &["sample-metrics-app-0", "sample-metrics-app-1", "sample-metrics-app-2"]),
-        ("", &["backend-0", "sample-metrics-app-0", "sample-metrics-app-1", "sample-metrics-app-2"]),
+        (
+            "tier,app==sample-metrics-app",
+            &[
+                "sample-metrics-app-0",
+                "sample-metrics-app-1",
+                "sample-metrics-app-2",
+            ],
+        ),
+        (
+            "",
+            &[
+                "backend-0",
+                "sample-metrics-app-0",
+                "sample-metrics-app-1",
+                "sample-metrics-app-2",
+            ],
+        ),
     ];
     for (selector, expected) in cases {
         let (status, body) = get(&adapter, &path(selector)).await;
@@ -116,7 +186,10 @@ async fn label_selector_returns_exactly_the_matching_pods_with_samples() {
 #[tokio::test]
 async fn metric_label_selector_filters_series_and_is_echoed() {
     let adapter = start_adapter(AdapterOptions::default()).await;
-    for (version, golden) in [("v1beta1", "metric_selector_v1beta1"), ("v1beta2", "metric_selector_v1beta2")] {
+    for (version, golden) in [
+        ("v1beta1", "metric_selector_v1beta1"),
+        ("v1beta2", "metric_selector_v1beta2"),
+    ] {
         let path = format!(
             "/apis/custom.metrics.k8s.io/{version}/namespaces/default/pods/*/http_requests?metricLabelSelector={}",
             urlencode("code=500")
@@ -133,14 +206,26 @@ async fn metric_label_selector_filters_series_and_is_echoed() {
 #[tokio::test]
 async fn namespace_metrics_and_root_scoped_namespaces() {
     let adapter = start_adapter(AdapterOptions::default()).await;
-    let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1/namespaces/staging/metrics/http_requests").await;
+    let (status, body) = get(
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta1/namespaces/staging/metrics/http_requests",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_golden("namespace_metric_v1beta1", &body);
     let got = values(&body);
-    assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("", "staging"), "namespaces are cluster-scoped");
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1.as_str()),
+        ("", "staging"),
+        "namespaces are cluster-scoped"
+    );
     assert_close(got[0].2, 7.0, "staging total");
 
-    let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1/namespaces/*/http_requests").await;
+    let (status, body) = get(
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta1/namespaces/*/http_requests",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let got = values(&body);
     let names: Vec<&str> = got.iter().map(|(_, n, _)| n.as_str()).collect();
@@ -151,31 +236,54 @@ async fn namespace_metrics_and_root_scoped_namespaces() {
 #[tokio::test]
 async fn gauges_seconds_counters_and_resource_spellings() {
     let adapter = start_adapter(AdapterOptions::default()).await;
-    let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/worker-0/queue_depth").await;
+    let (status, body) = get(
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/worker-0/queue_depth",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(items(&body)[0]["value"], "42");
-    let (status, body) =
-        get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/process_cpu").await;
+    let (status, body) = get(
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/process_cpu",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_close(values(&body)[0].2, 0.25, "process_cpu_seconds_total rate");
     for resource in ["pod", "po", "pods.", "Pods"] {
-        let path = format!("/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/{resource}/backend-0/http_requests");
+        let path = format!(
+            "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/{resource}/backend-0/http_requests"
+        );
         let (status, body) = get(&adapter, &path).await;
         assert_eq!(status, 200, "{resource}: {body}");
         assert_eq!(items(&body)[0]["describedObject"]["kind"], "Pod");
     }
     for resource in ["service", "svc", "services."] {
-        let path = format!("/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/{resource}/backend/http_requests");
+        let path = format!(
+            "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/{resource}/backend/http_requests"
+        );
         let (status, body) = get(&adapter, &path).await;
         assert_eq!(status, 200, "{resource}: {body}");
         assert_close(values(&body)[0].2, 3.0, resource);
     }
     // Cluster-wide pods keep each item's namespace.
-    let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1/pods/*/http_requests").await;
+    let (status, body) = get(
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta1/pods/*/http_requests",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let got = values(&body);
-    assert!(got.iter().any(|(ns, name, _)| ns == "staging" && name == "sample-metrics-app-0"), "{body}");
-    assert!(got.iter().any(|(ns, name, _)| ns == "default" && name == "sample-metrics-app-0"), "{body}");
+    assert!(
+        got.iter()
+            .any(|(ns, name, _)| ns == "staging" && name == "sample-metrics-app-0"),
+        "{body}"
+    );
+    assert!(
+        got.iter()
+            .any(|(ns, name, _)| ns == "default" && name == "sample-metrics-app-0"),
+        "{body}"
+    );
 }
 
 pub fn urlencode(s: &str) -> String {

@@ -26,26 +26,61 @@ pub struct Series {
 }
 
 const fn counter(text: &'static str, rate: f64) -> Series {
-    Series { text, rate: Some(rate), value: "" }
+    Series {
+        text,
+        rate: Some(rate),
+        value: "",
+    }
 }
 
 const fn gauge(text: &'static str, value: &'static str) -> Series {
-    Series { text, rate: None, value }
+    Series {
+        text,
+        rate: None,
+        value,
+    }
 }
 
 /// The seed: three pods behind Service sample-metrics-app in `default` serving 501.484 requests/s
 /// in total (pod 0 splits its 100.5 into code 200 and code 500), plus neighbours that must not leak in.
 pub const SERIES: &[Series] = &[
-    counter(r#"http_requests_total{namespace="default",pod="sample-metrics-app-0",service="sample-metrics-app",code="200"}"#, 100.0),
-    counter(r#"http_requests_total{namespace="default",pod="sample-metrics-app-0",service="sample-metrics-app",code="500"}"#, 0.5),
-    counter(r#"http_requests_total{namespace="default",pod="sample-metrics-app-1",service="sample-metrics-app",code="200"}"#, 200.25),
-    counter(r#"http_requests_total{namespace="default",pod="sample-metrics-app-2",service="sample-metrics-app",code="200"}"#, 200.734),
-    counter(r#"http_requests_total{namespace="default",pod="backend-0",service="backend",code="200"}"#, 3.0),
-    counter(r#"http_requests_total{namespace="default",pod="ghost-0",service="ghost",code="200"}"#, 1.0),
-    counter(r#"http_requests_total{namespace="staging",pod="sample-metrics-app-0",service="sample-metrics-app",code="200"}"#, 7.0),
-    counter(r#"process_cpu_seconds_total{namespace="default",pod="backend-0"}"#, 0.25),
+    counter(
+        r#"http_requests_total{namespace="default",pod="sample-metrics-app-0",service="sample-metrics-app",code="200"}"#,
+        100.0,
+    ),
+    counter(
+        r#"http_requests_total{namespace="default",pod="sample-metrics-app-0",service="sample-metrics-app",code="500"}"#,
+        0.5,
+    ),
+    counter(
+        r#"http_requests_total{namespace="default",pod="sample-metrics-app-1",service="sample-metrics-app",code="200"}"#,
+        200.25,
+    ),
+    counter(
+        r#"http_requests_total{namespace="default",pod="sample-metrics-app-2",service="sample-metrics-app",code="200"}"#,
+        200.734,
+    ),
+    counter(
+        r#"http_requests_total{namespace="default",pod="backend-0",service="backend",code="200"}"#,
+        3.0,
+    ),
+    counter(
+        r#"http_requests_total{namespace="default",pod="ghost-0",service="ghost",code="200"}"#,
+        1.0,
+    ),
+    counter(
+        r#"http_requests_total{namespace="staging",pod="sample-metrics-app-0",service="sample-metrics-app",code="200"}"#,
+        7.0,
+    ),
+    counter(
+        r#"process_cpu_seconds_total{namespace="default",pod="backend-0"}"#,
+        0.25,
+    ),
     gauge(r#"queue_depth{namespace="default",pod="worker-0"}"#, "42"),
-    gauge(r#"temperature_celsius{namespace="default",pod="worker-0"}"#, "NaN"),
+    gauge(
+        r#"temperature_celsius{namespace="default",pod="worker-0"}"#,
+        "NaN",
+    ),
     gauge(r#"huge_value{namespace="default",pod="worker-0"}"#, "1e20"),
 ];
 
@@ -83,11 +118,18 @@ pub struct Env {
 
 pub fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| std::thread::spawn(start_env).join().expect("environment start-up panicked"))
+    ENV.get_or_init(|| {
+        std::thread::spawn(start_env)
+            .join()
+            .expect("environment start-up panicked")
+    })
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// How much history is written into Prometheus before it starts: more than the 2-minute rate
@@ -95,7 +137,10 @@ fn free_port() -> u16 {
 const HISTORY_SECS: u64 = 180;
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn start_env() -> Env {
@@ -129,7 +174,11 @@ fn start_env() -> Env {
     let url = format!("http://127.0.0.1:{port}");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(wait_for_rates(&url));
-    Env { prometheus_url: url, _dir: dir, _watchdog: watchdog }
+    Env {
+        prometheus_url: url,
+        _dir: dir,
+        _watchdog: watchdog,
+    }
 }
 
 /// Writes one sample per second per series from `origin` until now as TSDB blocks (promtool),
@@ -159,7 +208,11 @@ fn backfill(origin: f64, exporter: SocketAddr, dir: &std::path::Path, data: &std
         .arg(data)
         .output()
         .expect("run promtool (part of Debian's prometheus package)");
-    assert!(output.status.success(), "promtool failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "promtool failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Waits until Prometheus has loaded the history and scraped the live exporter a few times, so the
@@ -168,7 +221,12 @@ async fn wait_for_rates(url: &str) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let scalar = async |query: &str| -> Option<f64> {
-        let response = client.get(format!("{url}/api/v1/query")).query(&[("query", query)]).send().await.ok()?;
+        let response = client
+            .get(format!("{url}/api/v1/query"))
+            .query(&[("query", query)])
+            .send()
+            .await
+            .ok()?;
         let body: serde_json::Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
         body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     };
@@ -212,7 +270,9 @@ fn start_exporter(origin: f64) -> SocketAddr {
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes()));
+            let _ = stream
+                .write_all(head.as_bytes())
+                .and_then(|()| stream.write_all(body.as_bytes()));
         }
     });
     addr
@@ -281,8 +341,9 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
     let env = env();
     let timeout = options.timeout.unwrap_or(Duration::from_secs(10));
     let rules = default_rules("2m").expect("default rules");
-    let objects: Option<Arc<dyn ObjectSource>> =
-        options.objects_yaml.map(|yaml| Arc::new(StaticObjects::parse(yaml, "test objects").expect("objects")) as _);
+    let objects: Option<Arc<dyn ObjectSource>> = options
+        .objects_yaml
+        .map(|yaml| Arc::new(StaticObjects::parse(yaml, "test objects").expect("objects")) as _);
 
     // Discovery always comes from the real Prometheus.
     let discovering = State::new(
@@ -291,24 +352,44 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
         None,
         Duration::from_secs(60),
     );
-    discovering.relist().await.expect("relist against the real Prometheus");
+    discovering
+        .relist()
+        .await
+        .expect("relist against the real Prometheus");
     let query_url = options.query_url.as_deref().unwrap_or(&env.prometheus_url);
-    let state = State::new(rules, Client::new(&client_config(query_url, timeout)).expect("client"), objects, Duration::from_secs(60));
+    let state = State::new(
+        rules,
+        Client::new(&client_config(query_url, timeout)).expect("client"),
+        objects,
+        Duration::from_secs(60),
+    );
     state.discovery.store(discovering.discovery.load_full());
     state.relisted.store(true, std::sync::atomic::Ordering::Release);
     let state = Arc::new(state);
 
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("cert");
-    let tls = TlsSource::from_pem(cert.cert.pem().as_bytes(), cert.signing_key.serialize_pem().as_bytes(), true)
-        .expect("tls");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind adapter");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("cert");
+    let tls = TlsSource::from_pem(
+        cert.cert.pem().as_bytes(),
+        cert.signing_key.serialize_pem().as_bytes(),
+        true,
+    )
+    .expect("tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind adapter");
     let addr = listener.local_addr().expect("adapter addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = custom_metrics_adapter::api::router(state.clone());
     let task = tokio::spawn(server::serve(listener, tls, router, async move {
         let _ = stopped.await;
     }));
-    Adapter { addr, state, stop: Some(stop), task: Some(task) }
+    Adapter {
+        addr,
+        state,
+        stop: Some(stop),
+        task: Some(task),
+    }
 }
 
 /// An HTTPS client that trusts the test's self-signed certificates.
@@ -335,31 +416,50 @@ pub fn quantity(s: &str) -> f64 {
 
 pub fn assert_close(actual: f64, expected: f64, what: &str) {
     let error = (actual - expected).abs() / expected;
-    assert!(error <= TOLERANCE, "{what}: got {actual}, true value {expected} (off by {:.2} %)", error * 100.0);
+    assert!(
+        error <= TOLERANCE,
+        "{what}: got {actual}, true value {expected} (off by {:.2} %)",
+        error * 100.0
+    );
 }
 
 /// Replaces what changes between runs (sample values, timestamps, ports) so shapes can be pinned.
 pub fn normalize(body: &str) -> String {
-    let body = regex::Regex::new(r#""timestamp":"[^"]+""#).unwrap().replace_all(body, r#""timestamp":"<timestamp>""#);
-    let body = regex::Regex::new(r#""value":"[^"]+""#).unwrap().replace_all(&body, r#""value":"<quantity>""#);
-    let body = regex::Regex::new(r"127\.0\.0\.1:\d+").unwrap().replace_all(&body, "127.0.0.1:<port>");
+    let body = regex::Regex::new(r#""timestamp":"[^"]+""#)
+        .unwrap()
+        .replace_all(body, r#""timestamp":"<timestamp>""#);
+    let body = regex::Regex::new(r#""value":"[^"]+""#)
+        .unwrap()
+        .replace_all(&body, r#""value":"<quantity>""#);
+    let body = regex::Regex::new(r"127\.0\.0\.1:\d+")
+        .unwrap()
+        .replace_all(&body, "127.0.0.1:<port>");
     body.into_owned()
 }
 
 /// Compares `body` (normalised) with `tests/it/golden/<name>.json`; `UPDATE_GOLDEN=1` rewrites it.
 pub fn assert_golden(name: &str, body: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/it/golden").join(format!("{name}.json"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/golden")
+        .join(format!("{name}.json"));
     let actual = normalize(body);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, &actual).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("missing golden file {}; run with UPDATE_GOLDEN=1 to create it", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
     assert_eq!(actual, expected, "response differs from {}", path.display());
 }
 
 /// The seconds since the epoch now, for timestamp checks.
 pub fn now_secs() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
