@@ -8,57 +8,73 @@ use crate::{serving::urlencode, support::*};
 
 const P: &str = "/apis/custom.metrics.k8s.io/v1beta1";
 
-async fn status_of(adapter: &Adapter, path: &str) -> (u16, Value, String) {
-    let (code, body) = get(adapter, path).await;
+/// GETs `path`, checks it is a Failure Status with `code` and `reason` whose message contains
+/// every text of `says`, and returns the body.
+async fn expect_error(adapter: &Adapter, path: &str, code: u16, reason: &str, says: &[&str]) -> String {
+    let (got, body) = get(adapter, path).await;
     let status: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}"));
-    assert_eq!(status["kind"], "Status", "{body}");
-    assert_eq!(status["apiVersion"], "v1", "{body}");
-    assert_eq!(status["status"], "Failure", "{body}");
-    assert_eq!(status["code"], code, "HTTP code and Status code agree: {body}");
-    (code, status, body)
+    assert_eq!(
+        (&status["kind"], &status["apiVersion"], &status["status"]),
+        (
+            &Value::from("Status"),
+            &Value::from("v1"),
+            &Value::from("Failure")
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        (got, status["code"].as_u64(), status["reason"].as_str()),
+        (code, Some(code.into()), Some(reason)),
+        "{path}: {body}"
+    );
+    let message = status["message"].as_str().unwrap_or_default();
+    for text in says {
+        assert!(
+            message.contains(text),
+            "{path}: the message lacks {text:?}: {message}"
+        );
+    }
+    body
 }
 
-fn message(status: &Value) -> &str {
-    status["message"].as_str().unwrap_or_default()
+fn with_selector(path: &str, param: &str, selector: &str) -> String {
+    format!("{P}{path}?{param}={}", urlencode(selector))
 }
 
 #[tokio::test]
 async fn metric_not_discovered_names_the_closest_metric() {
     let adapter = start_adapter(AdapterOptions::default()).await;
-    let (code, status, body) =
-        status_of(&adapter, &format!("{P}/namespaces/default/pods/*/http_request")).await;
-    assert_eq!((code, status["reason"].as_str()), (404, Some("NotFound")));
-    assert!(
-        message(&status).starts_with("the server could not find the metric http_request for pods: "),
-        "{body}"
-    );
-    assert!(message(&status).contains("did you mean http_requests?"), "{body}");
+    let body = expect_error(
+        &adapter,
+        &format!("{P}/namespaces/default/pods/*/http_request"),
+        404,
+        "NotFound",
+        &[
+            "the server could not find the metric http_request for pods: ",
+            "did you mean http_requests?",
+        ],
+    )
+    .await;
     assert_golden("error_metric_not_found", &body);
-
     // queue_depth exists, but not for services.
-    let (code, status, _) = status_of(
+    let path = format!("{P}/namespaces/default/services/web/queue_depth");
+    expect_error(
         &adapter,
-        &format!("{P}/namespaces/default/services/web/queue_depth"),
+        &path,
+        404,
+        "NotFound",
+        &["it is served for namespaces, pods"],
     )
     .await;
-    assert_eq!(code, 404);
-    assert!(
-        message(&status).contains("it is served for namespaces, pods"),
-        "{}",
-        message(&status)
-    );
-
-    let (code, status, _) = status_of(
+    let path = format!("{P}/namespaces/default/deployments/web/http_requests");
+    expect_error(
         &adapter,
-        &format!("{P}/namespaces/default/deployments/web/http_requests"),
+        &path,
+        404,
+        "NotFound",
+        &["\"deployments\" is not a resource this server knows"],
     )
     .await;
-    assert_eq!(code, 404);
-    assert!(
-        message(&status).contains("\"deployments\" is not a resource this server knows"),
-        "{}",
-        message(&status)
-    );
 }
 
 #[tokio::test]
@@ -68,89 +84,55 @@ async fn selector_matching_no_objects_and_objects_without_samples() {
         ..Default::default()
     })
     .await;
-    let path = format!(
-        "{P}/namespaces/default/pods/*/http_requests?labelSelector={}",
-        urlencode("app=nothing")
+    let path = with_selector(
+        "/namespaces/default/pods/*/http_requests",
+        "labelSelector",
+        "app=nothing",
     );
-    let (code, status, body) = status_of(&adapter, &path).await;
-    assert_eq!(code, 404);
-    assert!(
-        message(&status).contains("labelSelector \"app=nothing\" matched no pods in namespace \"default\""),
-        "{body}"
-    );
+    let says = ["labelSelector \"app=nothing\" matched no pods in namespace \"default\""];
+    let body = expect_error(&adapter, &path, 404, "NotFound", &says).await;
     assert_golden("error_selector_matched_nothing", &body);
 
     // The object exists but Prometheus has no series for it.
-    let (code, status, body) = status_of(
-        &adapter,
-        &format!("{P}/namespaces/default/pods/sample-metrics-app-3/http_requests"),
-    )
-    .await;
-    assert_eq!(code, 404);
-    assert!(
-        message(&status).contains("Prometheus returned no samples of http_requests_total"),
-        "{body}"
-    );
-    assert!(
-        message(&status).contains("looked for the label \"pod\""),
-        "{body}"
-    );
+    let path = format!("{P}/namespaces/default/pods/sample-metrics-app-3/http_requests");
+    let says = [
+        "Prometheus returned no samples of http_requests_total",
+        "looked for the label \"pod\"",
+    ];
+    let body = expect_error(&adapter, &path, 404, "NotFound", &says).await;
     assert_golden("error_no_samples", &body);
 
     // Not an object at all.
-    let (code, status, _) = status_of(
+    let path = format!("{P}/namespaces/default/pods/ghost-0/http_requests");
+    expect_error(
         &adapter,
-        &format!("{P}/namespaces/default/pods/ghost-0/http_requests"),
+        &path,
+        404,
+        "NotFound",
+        &["pod \"ghost-0\" does not exist in namespace \"default\""],
     )
     .await;
-    assert_eq!(code, 404);
-    assert!(
-        message(&status).contains("pod \"ghost-0\" does not exist in namespace \"default\""),
-        "{}",
-        message(&status)
-    );
 
     // Matching objects, none with samples.
-    let path = format!(
-        "{P}/namespaces/default/pods/*/queue_depth?labelSelector={}",
-        urlencode("app=backend")
+    let path = with_selector(
+        "/namespaces/default/pods/*/queue_depth",
+        "labelSelector",
+        "app=backend",
     );
-    let (code, status, _) = status_of(&adapter, &path).await;
-    assert_eq!(code, 404);
-    assert!(
-        message(&status).contains("for the 1 matching pods"),
-        "{}",
-        message(&status)
-    );
+    expect_error(&adapter, &path, 404, "NotFound", &["for the 1 matching pods"]).await;
 }
 
 #[tokio::test]
 async fn samples_that_are_not_numbers_are_never_served() {
     let adapter = start_adapter(AdapterOptions::default()).await;
-    let (code, status, body) = status_of(
-        &adapter,
-        &format!("{P}/namespaces/default/pods/worker-0/temperature_celsius"),
-    )
-    .await;
-    assert_eq!(code, 404);
-    assert!(message(&status).contains("was not a number"), "{body}");
-    let (code, status, body) = status_of(
-        &adapter,
-        &format!("{P}/namespaces/default/pods/worker-0/huge_value"),
-    )
-    .await;
-    assert_eq!(code, 404, "1e20 does not fit an int64 of milli-units: {body}");
-    assert!(
-        message(&status).contains("was not a number") || message(&status).contains("range"),
-        "{body}"
-    );
-    // A wildcard leaves such samples out instead of failing everything.
-    let (code, body) = get(
-        &adapter,
-        &format!("{P}/namespaces/default/pods/*/temperature_celsius"),
-    )
-    .await;
-    assert_eq!(code, 404, "{body}");
+    let path = format!("{P}/namespaces/default/pods/worker-0/temperature_celsius");
+    expect_error(&adapter, &path, 404, "NotFound", &["was not a number", "NaN"]).await;
+    // 1e20 does not fit an int64 of milli-units.
+    let path = format!("{P}/namespaces/default/pods/worker-0/huge_value");
+    expect_error(&adapter, &path, 404, "NotFound", &["was not a number"]).await;
+    // A wildcard leaves such samples out; with nothing left it says why.
+    let path = format!("{P}/namespaces/default/pods/*/temperature_celsius");
+    let body = expect_error(&adapter, &path, 404, "NotFound", &["was not a number"]).await;
     assert!(!body.contains("-9223372036854775808"), "never MinInt64: {body}");
 }
 
@@ -161,52 +143,42 @@ async fn bad_selectors_are_400() {
         ..Default::default()
     })
     .await;
-    for (param, selector) in [
+    let cases = [
         ("labelSelector", "app in (a"),
-        ("metricLabelSelector", "code in (a"),
         ("labelSelector", "a=b=c"),
-    ] {
-        let path = format!(
-            "{P}/namespaces/default/pods/*/http_requests?{param}={}",
-            urlencode(selector)
-        );
-        let (code, status, body) = status_of(&adapter, &path).await;
-        assert_eq!(
-            (code, status["reason"].as_str()),
-            (400, Some("BadRequest")),
-            "{selector}: {body}"
-        );
-        assert!(
-            message(&status).starts_with(&format!("invalid {param}: ")),
-            "{body}"
-        );
-    }
-    // Numeric comparisons have no PromQL matcher; `!=` has no LabelSelector form to echo.
-    for selector in ["code>400", "code!=500"] {
-        let path = format!(
-            "{P}/namespaces/default/pods/*/http_requests?metricLabelSelector={}",
-            urlencode(selector)
-        );
-        let (code, _, body) = status_of(&adapter, &path).await;
-        assert_eq!(code, 400, "{selector}: {body}");
+        ("metricLabelSelector", "code in (a"),
+        // Numeric comparisons have no PromQL matcher; `!=` has no LabelSelector form to echo.
+        ("metricLabelSelector", "code>400"),
+        ("metricLabelSelector", "code!=500"),
+    ];
+    for (param, selector) in cases {
+        let path = with_selector("/namespaces/default/pods/*/http_requests", param, selector);
+        expect_error(
+            &adapter,
+            &path,
+            400,
+            "BadRequest",
+            &[&format!("invalid {param}: ")],
+        )
+        .await;
     }
 }
 
 #[tokio::test]
 async fn label_selector_without_an_object_source_is_refused_clearly() {
     let adapter = start_adapter(AdapterOptions::default()).await;
-    let path = format!(
-        "{P}/namespaces/default/pods/*/http_requests?labelSelector={}",
-        urlencode("app=web")
+    let path = with_selector(
+        "/namespaces/default/pods/*/http_requests",
+        "labelSelector",
+        "app=web",
     );
-    let (code, status, body) = status_of(&adapter, &path).await;
-    assert_eq!(code, 400);
-    assert!(message(&status).contains("--objects-file"), "{body}");
+    let body = expect_error(&adapter, &path, 400, "BadRequest", &["--objects-file"]).await;
     assert_golden("error_selector_needs_objects", &body);
 }
 
 #[tokio::test]
 async fn prometheus_unreachable_is_503_and_timeout_is_504() {
+    let wildcard = format!("{P}/namespaces/default/pods/*/http_requests");
     // A port nobody listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -217,14 +189,7 @@ async fn prometheus_unreachable_is_503_and_timeout_is_504() {
         ..Default::default()
     })
     .await;
-    let (code, status, body) =
-        status_of(&adapter, &format!("{P}/namespaces/default/pods/*/http_requests")).await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (503, Some("ServiceUnavailable")),
-        "{body}"
-    );
-    assert!(message(&status).contains("unreachable"), "{body}");
+    let body = expect_error(&adapter, &wildcard, 503, "ServiceUnavailable", &["unreachable"]).await;
     assert_golden("error_prometheus_unreachable", &body);
 
     // A server that accepts and never answers.
@@ -242,36 +207,29 @@ async fn prometheus_unreachable_is_503_and_timeout_is_504() {
         ..Default::default()
     })
     .await;
-    let (code, status, body) =
-        status_of(&adapter, &format!("{P}/namespaces/default/pods/*/http_requests")).await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (504, Some("Timeout")),
-        "{body}"
-    );
-    assert!(message(&status).contains("did not answer within 500ms"), "{body}");
+    expect_error(
+        &adapter,
+        &wildcard,
+        504,
+        "Timeout",
+        &["did not answer within 500ms"],
+    )
+    .await;
     hold.abort();
 }
 
 #[tokio::test]
 async fn prometheus_rejecting_the_query_is_500() {
-    // Prometheus' own 404 page answers every API path with a non-API body.
+    // Prometheus answers unknown paths with its 404 page, which is not its API's JSON.
+    let query_url = Some(format!("{}/no-such-prefix", env().prometheus_url));
     let adapter = start_adapter(AdapterOptions {
-        query_url: Some(format!("{}/no-such-prefix", env().prometheus_url)),
+        query_url,
         ..Default::default()
     })
     .await;
-    let (code, status, body) =
-        status_of(&adapter, &format!("{P}/namespaces/default/pods/*/http_requests")).await;
-    assert_eq!(
-        (code, status["reason"].as_str()),
-        (500, Some("InternalError")),
-        "{body}"
-    );
-    assert!(
-        message(&status).starts_with("Internal error occurred: unable to fetch metrics"),
-        "{body}"
-    );
+    let path = format!("{P}/namespaces/default/pods/*/http_requests");
+    let says = ["Internal error occurred: unable to fetch metrics", "HTTP 404"];
+    expect_error(&adapter, &path, 500, "InternalError", &says).await;
 }
 
 #[tokio::test]
@@ -283,13 +241,8 @@ async fn unknown_routes_and_methods() {
         "/apis/custom.metrics.k8s.io/v1beta1/a/b",
         "/nothing",
     ] {
-        let (code, status, body) = status_of(&adapter, path).await;
-        assert_eq!(code, 404, "{path}");
-        assert_eq!(
-            message(&status),
-            "the server could not find the requested resource",
-            "{path}"
-        );
+        let says = ["the server could not find the requested resource"];
+        let body = expect_error(&adapter, path, 404, "NotFound", &says).await;
         if path == "/nothing" {
             assert_golden("error_unknown_route", &body);
         }

@@ -416,6 +416,11 @@ pub fn quantity(s: &str) -> f64 {
 
 pub fn assert_close(actual: f64, expected: f64, what: &str) {
     let error = (actual - expected).abs() / expected;
+    // Visible with --nocapture: the measured error, for the record.
+    println!(
+        "{what}: served {actual}, true {expected}, error {:.4} %",
+        error * 100.0
+    );
     assert!(
         error <= TOLERANCE,
         "{what}: got {actual}, true value {expected} (off by {:.2} %)",
