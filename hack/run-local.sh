@@ -110,7 +110,7 @@ Try:
   kubectl --kubeconfig $state/kubeconfig get --raw '/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests?labelSelector=app%3Dsample-metrics-app'
   kubectl --kubeconfig $state/kubeconfig get --raw /apis/custom.metrics.k8s.io/v1beta2 | python3 -m json.tool
 
-The load generator sends $rps requests/s in total; the value converges on ${rps}000m once the
+The load generator sends $rps requests/s in total; the value converges on "$rps" once the
 2-minute rate window is full. Logs: $state/*.log
 EOF
 
