@@ -68,7 +68,8 @@ pids+=($!)
 echo "==> starting the adapter on https://127.0.0.1:$adapter_port"
 "$bin/custom-metrics-adapter" --secure-port "$adapter_port" --bind-address 127.0.0.1 \
   --cert-dir "$state/certs" --prometheus-url "http://127.0.0.1:$prometheus_port" \
-  --objects-file "$state/objects.yaml" --metrics-relist-interval 5s 2>>"$state/adapter.log" &
+  --objects-file "$state/objects.yaml" --metrics-relist-interval 5s \
+  --insecure-allow-anonymous 2>>"$state/adapter.log" &
 pids+=($!)
 
 cat >"$state/kubeconfig" <<EOF

@@ -11,21 +11,31 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::{
+    auth::{self, Auth, Authenticator, AuthnConfig, Authorizer, TokenReviewer},
+    cluster::{self, RateLimit},
     config::{Args, PrometheusVerb},
-    objects::{ObjectSource, Resources, StaticObjects},
+    objects::{KubeObjects, ObjectSource, Resources, StaticObjects},
     prometheus,
     rules::{self, Discovery, Rule},
     server,
 };
 
+/// A named readiness condition for `/readyz`.
+pub struct ReadyCheck {
+    pub name: &'static str,
+    pub check: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
 /// Everything a request needs, shared by all connections.
 pub struct State {
     pub rules: Vec<Rule>,
-    pub resources: Resources,
+    /// The resources the adapter knows; replaced when API discovery is refreshed.
+    pub resources: Arc<ArcSwap<Resources>>,
     pub prometheus: prometheus::Client,
     pub objects: Option<Arc<dyn ObjectSource>>,
     pub discovery: ArcSwap<Discovery>,
@@ -33,6 +43,8 @@ pub struct State {
     pub relisted: AtomicBool,
     /// Series with samples this recent are discovered.
     pub metrics_max_age: Duration,
+    /// Further conditions for readiness (object caches synced, ...).
+    pub ready_checks: Vec<ReadyCheck>,
 }
 
 pub type SharedState = Arc<State>;
@@ -46,12 +58,13 @@ impl State {
     ) -> Self {
         Self {
             rules,
-            resources: Resources::default(),
+            resources: Arc::new(ArcSwap::from_pointee(Resources::default())),
             prometheus,
             objects,
             discovery: ArcSwap::from_pointee(Discovery::default()),
             relisted: AtomicBool::new(false),
             metrics_max_age,
+            ready_checks: Vec::new(),
         }
     }
 
@@ -83,8 +96,18 @@ impl State {
         Ok(Self::new(rules, client, objects, args.metrics_max_age()))
     }
 
+    /// The names of readiness conditions not met yet; empty when ready.
+    pub fn unready(&self) -> Vec<&'static str> {
+        let mut failing = Vec::new();
+        if !self.relisted.load(Ordering::Acquire) {
+            failing.push("metric-discovery");
+        }
+        failing.extend(self.ready_checks.iter().filter(|c| !(c.check)()).map(|c| c.name));
+        failing
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.relisted.load(Ordering::Acquire)
+        self.unready().is_empty()
     }
 
     /// Lists series for every distinct `seriesQuery` and swaps in a new discovery snapshot.
@@ -123,7 +146,8 @@ impl State {
                 .iter()
                 .flat_map(move |i| series.iter().map(move |s| (*i, s)))
         });
-        let mut discovery = Discovery::build(&self.rules, pairs, &self.resources, end);
+        let resources = self.resources.load_full();
+        let mut discovery = Discovery::build(&self.rules, pairs, &resources, end);
         let previous = self.discovery.load_full();
         discovery.carry_over(&previous, &failed_rules);
         let count = discovery.len();
@@ -161,12 +185,48 @@ impl State {
 
 /// Runs the adapter described by `args` until `shutdown` resolves.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let state = Arc::new(State::from_args(&args)?);
-    let tls = server::tls::TlsSource::from_args(&args)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, prometheus = state.prometheus.url(), "Serving custom metrics");
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    serve(args, listener, shutdown).await
+}
 
+/// Runs the adapter on an already bound listener (tests bind 127.0.0.1:0).
+pub async fn serve(
+    args: Args,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut state = State::from_args(&args)?;
+    let tls = server::tls::TlsSource::from_args(&args)?;
+    let limit = RateLimit {
+        qps: args.client_qps,
+        burst: args.client_burst,
+    };
+
+    if state.objects.is_none() {
+        let client = cluster::client(args.lister_kubeconfig.as_deref(), limit).await?;
+        let objects = KubeObjects::start(client, state.resources.clone()).await?;
+        let synced = objects.clone();
+        state.ready_checks.push(ReadyCheck {
+            name: "object-caches",
+            check: Box::new(move || synced.synced()),
+        });
+        state.objects = Some(objects);
+    }
+    let auth = if args.insecure_allow_anonymous {
+        tracing::warn!(
+            "INSECURE: --insecure-allow-anonymous is set: no authentication or authorization; anyone who can reach {} reads every metric",
+            listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        None
+    } else {
+        Some(delegated_auth(&args, limit).await?)
+    };
+
+    let state = Arc::new(state);
+    tracing::info!(addr = %listener.local_addr()?, prometheus = state.prometheus.url(), "Serving custom metrics");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -180,7 +240,7 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static
         tls.clone()
             .reload_loop(Duration::from_secs(10), stopped(stop_rx.clone())),
     );
-    let router = crate::api::router(state);
+    let router = crate::api::router(state, auth);
     let result = server::serve(listener, tls, router, async move {
         shutdown.await;
         tracing::info!("Shutting down; letting in-flight requests finish");
@@ -189,4 +249,85 @@ pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static
     let _ = stop_tx.send(true);
     let _ = tokio::join!(relist, reload);
     result.map_err(Into::into)
+}
+
+/// Authentication and authorization delegated to the Kubernetes API server.
+async fn delegated_auth(args: &Args, limit: RateLimit) -> anyhow::Result<Arc<Auth>> {
+    let authn_client = cluster::client(args.authentication_kubeconfig.as_deref(), limit).await?;
+    let authz_client = cluster::client(args.authorization_kubeconfig.as_deref(), limit).await?;
+    let flags = flag_authn_config(args)?;
+    let tokens = TokenReviewer::new(authn_client.clone(), args.authentication_token_webhook_cache_ttl);
+    let auth = Arc::new(Auth {
+        authenticator: Authenticator::new(flags.clone().with_default_headers(), Some(tokens)),
+        authorizer: Authorizer::new(
+            authz_client,
+            args.authorization_webhook_cache_authorized_ttl,
+            args.authorization_webhook_cache_unauthorized_ttl,
+        ),
+        always_allow_paths: args.authorization_always_allow_paths.clone(),
+    });
+    if args.authentication_skip_lookup {
+        return Ok(auth);
+    }
+    let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(false);
+    let flags_for_merge = flags.clone();
+    tokio::spawn(auth::watch_auth_configmap(
+        authn_client,
+        auth.clone(),
+        move |from_cluster| merge_authn(from_cluster, &flags_for_merge),
+        loaded_tx,
+    ));
+    let loaded = tokio::time::timeout(Duration::from_secs(10), loaded_rx.wait_for(|loaded| *loaded)).await;
+    if !matches!(loaded, Ok(Ok(_))) {
+        let problem = format!(
+            "cannot read kube-system/{}: bind the ServiceAccount to the Role extension-apiserver-authentication-reader in kube-system",
+            auth::AUTH_CONFIGMAP
+        );
+        if !args.authentication_tolerate_lookup_failure {
+            anyhow::bail!("{problem}, or pass --authentication-tolerate-lookup-failure");
+        }
+        tracing::warn!(
+            "{problem}; continuing with the flags alone (--authentication-tolerate-lookup-failure)"
+        );
+    }
+    Ok(auth)
+}
+
+/// The authentication settings given by flags (empty where a flag is absent).
+fn flag_authn_config(args: &Args) -> anyhow::Result<AuthnConfig> {
+    let read = |path: &Option<std::path::PathBuf>| -> anyhow::Result<Vec<_>> {
+        match path {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(auth::parse_pem_certs(&pem, &path.display().to_string())?)
+            }
+            None => Ok(Vec::new()),
+        }
+    };
+    Ok(AuthnConfig {
+        client_ca: read(&args.client_ca_file)?,
+        requestheader_ca: read(&args.requestheader_client_ca_file)?,
+        allowed_names: args.requestheader_allowed_names.clone(),
+        username_headers: args.requestheader_username_headers.clone(),
+        group_headers: args.requestheader_group_headers.clone(),
+        extra_header_prefixes: args.requestheader_extra_headers_prefix.clone(),
+        uid_headers: args.requestheader_uid_headers.clone(),
+    })
+}
+
+/// Flags win over the cluster's ConfigMap: the client CA on its own, the request-header settings
+/// as a whole when `--requestheader-client-ca-file` is given.
+fn merge_authn(from_cluster: AuthnConfig, flags: &AuthnConfig) -> AuthnConfig {
+    let mut merged = if flags.requestheader_ca.is_empty() {
+        from_cluster.clone()
+    } else {
+        AuthnConfig {
+            client_ca: from_cluster.client_ca.clone(),
+            ..flags.clone()
+        }
+    };
+    if !flags.client_ca.is_empty() {
+        merged.client_ca = flags.client_ca.clone();
+    }
+    merged.with_default_headers()
 }

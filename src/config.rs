@@ -104,6 +104,66 @@ pub struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Kubeconfig for watching objects and API discovery (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub lister_kubeconfig: Option<PathBuf>,
+    /// Kubeconfig for TokenReview and the extension-apiserver-authentication ConfigMap.
+    #[arg(long)]
+    pub authentication_kubeconfig: Option<PathBuf>,
+    /// Kubeconfig for SubjectAccessReview.
+    #[arg(long)]
+    pub authorization_kubeconfig: Option<PathBuf>,
+    /// Requests per second to the Kubernetes API (0 = unlimited).
+    #[arg(long, default_value_t = 5.0)]
+    pub client_qps: f32,
+    /// Burst of requests to the Kubernetes API above --client-qps.
+    #[arg(long, default_value_t = 10)]
+    pub client_burst: u32,
+
+    /// Do not read kube-system/extension-apiserver-authentication; use only the flags below.
+    #[arg(long)]
+    pub authentication_skip_lookup: bool,
+    /// Start even if that ConfigMap cannot be read (everyone is then anonymous unless flags say otherwise).
+    #[arg(long)]
+    pub authentication_tolerate_lookup_failure: bool,
+    /// How long TokenReview answers are cached.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub authentication_token_webhook_cache_ttl: Duration,
+    /// CA bundle for client certificates (user = CN, groups = O).
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// CA bundle that signs the front proxy's (kube-aggregator's) client certificate.
+    #[arg(long)]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names allowed for the front proxy's certificate (empty: any the CA signed).
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_allowed_names: Vec<String>,
+    /// Headers holding the user name.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_username_headers: Vec<String>,
+    /// Headers holding the groups.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_group_headers: Vec<String>,
+    /// Header prefixes for extra user attributes.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_extra_headers_prefix: Vec<String>,
+    /// Headers holding the user's UID.
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_uid_headers: Vec<String>,
+    /// Paths that skip authorization.
+    #[arg(long, value_delimiter = ',', default_value = "/healthz,/readyz,/livez")]
+    pub authorization_always_allow_paths: Vec<String>,
+    /// How long an allowed SubjectAccessReview is cached.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long a denied SubjectAccessReview is cached.
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// Serve everyone without authentication or authorization. For local runs only: anyone who
+    /// can reach the port reads every metric.
+    #[arg(long)]
+    pub insecure_allow_anonymous: bool,
 }
 
 impl Args {

@@ -6,6 +6,8 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod objects;
 pub mod prometheus;

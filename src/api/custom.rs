@@ -221,12 +221,19 @@ async fn metric_values(
             request.metric, request.resource
         ))
     };
-    // 1. Resource.
-    let resource = state.resources.resolve(&request.resource).ok_or_else(|| {
+    // 1. Resource; an unknown name refreshes API discovery once (a CRD added after start).
+    let mut resources = state.resources.load_full();
+    if resources.resolve(&request.resource).is_none()
+        && let Some(objects) = &state.objects
+        && objects.refresh_resources().await
+    {
+        resources = state.resources.load_full();
+    }
+    let resource = resources.resolve(&request.resource).ok_or_else(|| {
         not_found(format!(
             "{:?} is not a resource this server knows; it serves {}",
             request.resource,
-            state.resources.names()
+            resources.names()
         ))
     })?;
     // Cluster-scoped objects have no namespace, even when the HPA puts one in the path.
@@ -264,7 +271,7 @@ async fn metric_values(
         .ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
 
     // 3. Objects.
-    let objects = select_objects(state, resource, namespace, request, label_selector)?;
+    let objects = select_objects(state, resource, namespace, request, label_selector).await?;
     let names: Option<Vec<String>> = match (&request.name, &objects) {
         (ObjectName::One(name), _) => Some(vec![name.clone()]),
         (ObjectName::All, Some(objects))
@@ -283,12 +290,14 @@ async fn metric_values(
         names: names.as_deref(),
         metric_selector: metric_selector.unwrap_or(&everything),
     };
-    let query = rules::build_query(rule, entry.rule, &entry.series, query_request, &state.resources)
-        .map_err(|err| match err {
-            rules::Error::Selector(err) => {
-                ApiError::bad_request(format!("invalid metricLabelSelector: {err}"))
+    let query =
+        rules::build_query(rule, entry.rule, &entry.series, query_request, &resources).map_err(|err| {
+            match err {
+                rules::Error::Selector(err) => {
+                    ApiError::bad_request(format!("invalid metricLabelSelector: {err}"))
+                }
+                err => ApiError::internal(err.to_string()),
             }
-            err => ApiError::internal(err.to_string()),
         })?;
     tracing::debug!(promql = %query.promql, "Querying Prometheus");
 
@@ -395,7 +404,7 @@ async fn metric_values(
 
 /// Which objects exist, when an object source is configured. None means "unknown: take every
 /// object that has samples".
-fn select_objects(
+async fn select_objects(
     state: &AppState,
     resource: &ResourceInfo,
     namespace: Option<&str>,
@@ -419,8 +428,11 @@ fn select_objects(
         }
         return Ok(None);
     };
-    let source_error =
-        |err: crate::objects::Error| ApiError::internal(format!("unable to list matching resources: {err}"));
+    let source_error = |err: crate::objects::Error| match err {
+        crate::objects::Error::NotSynced { .. } => ApiError::service_unavailable(err.to_string()),
+        err => ApiError::internal(format!("unable to list matching resources: {err}")),
+    };
+    objects.ready(resource).await.map_err(source_error)?;
     match name {
         ObjectName::One(object) => {
             if !objects

@@ -52,6 +52,22 @@ impl ApiError {
         )
     }
 
+    /// 401, as the API server answers a request whose credentials are not valid.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized".into(), None)
+    }
+
+    /// 403 Forbidden with the API server's details (`group`, `kind` = resource, `name`).
+    pub fn forbidden(message: String, group: &str, resource: &str, name: &str) -> Self {
+        let details = StatusDetails {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: resource.to_owned(),
+            ..Default::default()
+        };
+        Self::new(403, "Forbidden", message, Some(details))
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message.into(), None)
     }

@@ -57,9 +57,9 @@ pub fn wire_version(group: &str, version: &str) -> Option<WireVersion> {
     })
 }
 
-/// The router for every path this server answers.
-pub fn router(state: SharedState) -> Router {
-    Router::new()
+/// The router for every path this server answers; `auth` None serves everyone (local runs).
+pub fn router(state: SharedState, auth: Option<std::sync::Arc<crate::auth::Auth>>) -> Router {
+    let router = Router::new()
         .route("/apis", get(discovery::group_list))
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::resource_list))
@@ -74,9 +74,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .fallback(|| async { ApiError::unknown_route() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(middleware::from_fn(log_request))
-        .with_state(state)
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    let router = match auth {
+        Some(auth) => router.layer(middleware::from_fn_with_state(auth, crate::auth::middleware)),
+        None => router,
+    };
+    router.layer(middleware::from_fn(log_request)).with_state(state)
 }
 
 /// Serialises `value` as the Go API server does: compact (or 2-space indented with `?pretty`),
@@ -114,16 +117,20 @@ async fn health() -> &'static str {
 }
 
 async fn ready(State(state): State<SharedState>, Query(params): Query<BTreeMap<String, String>>) -> Response {
-    let verbose = params.contains_key("verbose");
-    if state.is_ready() {
-        let body = if verbose {
-            "[+]ping ok\n[+]metric-discovery ok\nreadyz check passed\n"
+    let failing = state.unready();
+    if failing.is_empty() {
+        let body = if params.contains_key("verbose") {
+            "[+]ping ok\nreadyz check passed\n"
         } else {
             "ok"
         };
         return (StatusCode::OK, body).into_response();
     }
-    let body = "[+]ping ok\n[-]metric-discovery failed: the first listing of Prometheus series has not finished\nreadyz check failed\n";
+    let mut body = String::from("[+]ping ok\n");
+    for check in failing {
+        body.push_str(&format!("[-]{check} failed: not yet\n"));
+    }
+    body.push_str("readyz check failed\n");
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 

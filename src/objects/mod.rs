@@ -1,8 +1,12 @@
 //! Which Kubernetes objects exist: the resource table and object sources behind one small trait.
 
+mod kube;
 mod resources;
 mod static_file;
 
+use futures::future::BoxFuture;
+
+pub use self::kube::KubeObjects;
 pub use resources::{ResourceInfo, Resources};
 pub use static_file::StaticObjects;
 
@@ -26,6 +30,12 @@ pub enum Error {
         resource: String,
         known: String,
     },
+    #[error(
+        "the cache of {resource} has not finished its first list from the Kubernetes API yet; retry shortly"
+    )]
+    NotSynced { resource: String },
+    #[error("Kubernetes API discovery failed: {0}")]
+    Discovery(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -52,4 +62,14 @@ pub trait ObjectSource: Send + Sync {
 
     /// A short description for error messages, e.g. `objects file /etc/objects.yaml`.
     fn describe(&self) -> String;
+
+    /// Waits (briefly) until objects of `resource` can be answered from memory.
+    fn ready<'a>(&'a self, _resource: &'a ResourceInfo) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Re-reads which resources exist (a CRD added after start); true when it did.
+    fn refresh_resources(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
 }

@@ -68,6 +68,10 @@ impl Default for Resources {
 }
 
 impl Resources {
+    pub fn new(list: Vec<ResourceInfo>) -> Self {
+        Self { list }
+    }
+
     /// Resolves what a user or the HPA writes in a path: plural, singular or short name, optionally
     /// group-qualified (`pods`, `pod`, `po`, `pods.`, `deployments.apps`). Case-insensitive, as kubectl is.
     pub fn resolve(&self, text: &str) -> Option<&ResourceInfo> {

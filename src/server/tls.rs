@@ -203,7 +203,7 @@ fn server_config(cert_pem: &[u8], key_pem: &[u8], origin: &str, http2: bool) -> 
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem_error)?;
     let mut config = ServerConfig::builder()
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(DeferredClientCertVerifier::new()))
         .with_single_cert(chain, key)?;
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
@@ -211,6 +211,67 @@ fn server_config(cert_pem: &[u8], key_pem: &[u8], origin: &str, http2: bool) -> 
         vec![b"http/1.1".to_vec()]
     };
     Ok(config)
+}
+
+/// Asks for a client certificate and checks that the client holds its key, but leaves the chain to
+/// the request's authenticator, as Go's `tls.RequestClientCert` does. That way the trusted CAs can
+/// rotate without a new TLS configuration, and a certificate from an unknown CA makes its holder
+/// anonymous instead of failing the handshake.
+#[derive(Debug)]
+struct DeferredClientCertVerifier {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl DeferredClientCertVerifier {
+    fn new() -> Self {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+        Self {
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for DeferredClientCertVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]

@@ -380,7 +380,7 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
         .expect("bind adapter");
     let addr = listener.local_addr().expect("adapter addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = custom_metrics_adapter::api::router(state.clone());
+    let router = custom_metrics_adapter::api::router(state.clone(), None);
     let task = tokio::spawn(server::serve(listener, tls, router, async move {
         let _ = stopped.await;
     }));

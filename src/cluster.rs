@@ -1,0 +1,58 @@
+//! Kubernetes API clients: one per purpose (objects, authentication, authorization), from a
+//! kubeconfig flag or the usual inference (`$KUBECONFIG`, `~/.kube/config`, in-cluster).
+
+use std::{path::Path, time::Duration};
+
+use kube::{
+    Client, Config,
+    client::ClientBuilder,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
+    #[error(
+        "no Kubernetes configuration found ({0}); run in a cluster, pass --lister-kubeconfig, or use --objects-file with --insecure-allow-anonymous for a local run"
+    )]
+    Infer(String),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Client-side rate limit, as client-go's `--client-qps`/`--client-burst`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub qps: f32,
+    pub burst: u32,
+}
+
+/// Builds a client from `kubeconfig`, or infers the configuration when it is None.
+pub async fn client(kubeconfig: Option<&Path>, limit: RateLimit) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let error = |message: String| Error::Kubeconfig {
+                path: path.display().to_string(),
+                message,
+            };
+            let file = Kubeconfig::read_from(path).map_err(|err| error(err.to_string()))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|err| error(err.to_string()))?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|err| Error::Infer(err.to_string()))?,
+    };
+    let builder = ClientBuilder::try_from(config)?;
+    if limit.qps <= 0.0 || limit.burst == 0 {
+        return Ok(builder.build());
+    }
+    // `burst` requests per `burst / qps` seconds: the same long-run rate as client-go's token bucket.
+    let window = Duration::from_secs_f32(limit.burst as f32 / limit.qps);
+    let layer = tower::limit::RateLimitLayer::new(u64::from(limit.burst), window);
+    Ok(builder.with_layer(&layer).build())
+}
