@@ -1,7 +1,11 @@
-//! The one integration-test binary: a real Prometheus, real TLS, real curl and kubectl.
+//! The one integration-test binary: a real Prometheus, real TLS, real curl and kubectl, and a fake
+//! Kubernetes API server for the real kube-rs client.
 
 mod clients;
+mod cluster;
 mod discovery;
 mod errors;
+mod fake_kube;
+mod manifests;
 mod serving;
 mod support;

@@ -76,6 +76,11 @@ pub const SERIES: &[Series] = &[
         r#"process_cpu_seconds_total{namespace="default",pod="backend-0"}"#,
         0.25,
     ),
+    // Labelled with a resource only a cluster knows (a CRD), for the discovery-refresh test.
+    counter(
+        r#"jobs_processed_total{namespace="default",crontab="nightly"}"#,
+        2.0,
+    ),
     gauge(r#"queue_depth{namespace="default",pod="worker-0"}"#, "42"),
     gauge(
         r#"temperature_celsius{namespace="default",pod="worker-0"}"#,

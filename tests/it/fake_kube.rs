@@ -1,0 +1,1616 @@
+//! An in-process fake of the Kubernetes API server: an axum app on plain HTTP at 127.0.0.1:0 that
+//! speaks the real JSON (k8s-openapi types), so kube-rs clients, watchers and reflectors work against
+//! it unchanged. It serves discovery, GET/LIST/WATCH for every known resource type (full or
+//! metadata-only), TokenReview and SubjectAccessReview, and records every request it receives.
+//!
+//! Semantics follow the real server where the adapter can observe them: one global resourceVersion
+//! counter, LIST returns the current one, WATCH replays history after the requested version and then
+//! streams live changes, filtered by namespace, label and field selector (an object that stops
+//! matching is sent as DELETED with the previous state). Watches end after `timeoutSeconds`, capped
+//! at [`WATCH_CAP`], so clients reconnect (from their last resourceVersion, without a LIST).
+//!
+//! Not emulated: authentication/authorization of the callers themselves (the Authorization header
+//! is only recorded); writes other than TokenReview/SubjectAccessReview creation, subresources,
+//! admission, defaulting and validation; aggregated discovery (`Discovery::run_aggregated`),
+//! OpenAPI, protobuf, Table output (406), compression, TLS, HTTP/2, priority and fairness (429s);
+//! LIST `resourceVersion`/`resourceVersionMatch` (always the latest state; continue pages are cut
+//! from the current state, not a snapshot); 410 Gone (history is kept forever); periodic bookmarks
+//! (one when a watch times out, plus the initial-events-end one); field selectors beyond
+//! `metadata.name`, `metadata.namespace` and pods' `status.phase` (others are 400); real RBAC (no
+//! roles, bindings, namespaces or resource names in rules; subresources ignored).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    marker::PhantomData,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Query, State},
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use custom_metrics_adapter::selector::Selector;
+use futures::{SinkExt, channel::mpsc};
+use k8s_openapi::{
+    api::{
+        authentication::v1::{TokenReview, TokenReviewStatus, UserInfo},
+        authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus},
+        core::v1::{
+            ConfigMap, Container, Namespace, NamespaceStatus, Pod, PodCondition, PodSpec, PodStatus, Service,
+            ServiceSpec,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{
+            APIGroup, APIGroupList, APIResource, APIResourceList, APIVersions, GroupVersionForDiscovery,
+            ListMeta, ObjectMeta, ServerAddressByClientCIDR, Status, StatusDetails, Time, WatchEvent,
+        },
+        version::Info,
+    },
+};
+use kube::core::{DynamicObject, ObjectList, PartialObjectMeta, TypeMeta};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+/// Longest a WATCH stays open, whatever `timeoutSeconds` asks for (the real default is 30–60 min).
+pub const WATCH_CAP: Duration = Duration::from_secs(10);
+const READ_VERBS: &[&str] = &["get", "list", "watch"];
+const CREATE_VERBS: &[&str] = &["create"];
+
+/// One request the fake received, in arrival order.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    /// The raw (percent-encoded) query string, "" when absent.
+    pub query: String,
+    /// `watch=true` or `watch=1`.
+    pub watch: bool,
+    pub body: String,
+    pub authorization: Option<String>,
+}
+
+#[derive(Clone)]
+struct ResType {
+    group: String,
+    version: String,
+    plural: String,
+    singular: String,
+    kind: String,
+    namespaced: bool,
+    short_names: Vec<String>,
+    verbs: &'static [&'static str],
+}
+
+impl ResType {
+    fn api_version(&self) -> String {
+        gv(&self.group, &self.version)
+    }
+}
+
+fn gv(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// One mutation: `prev` is the stored object before, `cur` after (None = deleted).
+struct Change {
+    rv: u64,
+    group: String,
+    plural: String,
+    prev: Option<Value>,
+    cur: Option<Value>,
+}
+
+struct Rule {
+    subject: String,
+    verb: String,
+    group: String,
+    resource: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    rv: u64,
+    types: Vec<ResType>,
+    /// (group, plural) → (namespace or "", name) → object.
+    objects: BTreeMap<(String, String), BTreeMap<(String, String), Value>>,
+    history: Vec<Arc<Change>>,
+    tokens: HashMap<String, (String, Vec<String>)>,
+    rules: Vec<Rule>,
+    requests: Vec<RecordedRequest>,
+}
+
+impl Inner {
+    fn find(&self, group: &str, version: Option<&str>, plural: &str) -> Option<&ResType> {
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.plural == plural && version.is_none_or(|v| t.version == v))
+    }
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    changes: broadcast::Sender<Arc<Change>>,
+    shutdown: watch::Receiver<bool>,
+    addr: SocketAddr,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The fake API server; dropping it stops serving (open watches end).
+pub struct FakeKube {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+fn labels_map(labels: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    (!labels.is_empty()).then(|| {
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+fn to_value<T: Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).expect("k8s-openapi objects serialize")
+}
+
+fn typed<T: serde::de::DeserializeOwned + Default>(prev: Option<Value>) -> T {
+    prev.and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+impl FakeKube {
+    pub async fn start() -> FakeKube {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (changes, _) = broadcast::channel(4096);
+        let mut inner = Inner::default();
+        let core = |p: &str, s: &str, k: &str, namespaced: bool, short: &str| ResType {
+            group: String::new(),
+            version: "v1".into(),
+            plural: p.into(),
+            singular: s.into(),
+            kind: k.into(),
+            namespaced,
+            short_names: vec![short.into()],
+            verbs: READ_VERBS,
+        };
+        inner.types = vec![
+            core("pods", "pod", "Pod", true, "po"),
+            core("services", "service", "Service", true, "svc"),
+            core("namespaces", "namespace", "Namespace", false, "ns"),
+            core("configmaps", "configmap", "ConfigMap", true, "cm"),
+            core("nodes", "node", "Node", false, "no"),
+        ];
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            changes,
+            shutdown: shutdown_rx.clone(),
+            addr,
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let mut stop = shutdown_rx;
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+        });
+        let fake = FakeKube {
+            addr,
+            shared,
+            shutdown,
+        };
+        for (plural, singular, kind, short) in [
+            ("deployments", "deployment", "Deployment", "deploy"),
+            ("statefulsets", "statefulset", "StatefulSet", "sts"),
+            ("replicasets", "replicaset", "ReplicaSet", "rs"),
+        ] {
+            fake.add_resource_type("apps", "v1", plural, singular, kind, true, &[short]);
+        }
+        fake.add_type(ResType {
+            verbs: CREATE_VERBS,
+            short_names: vec![],
+            ..fake.type_for(
+                "authentication.k8s.io",
+                "tokenreviews",
+                "tokenreview",
+                "TokenReview",
+            )
+        });
+        fake.add_type(ResType {
+            verbs: CREATE_VERBS,
+            short_names: vec![],
+            ..fake.type_for(
+                "authorization.k8s.io",
+                "subjectaccessreviews",
+                "subjectaccessreview",
+                "SubjectAccessReview",
+            )
+        });
+        // Every real cluster has these two.
+        fake.upsert_namespace("default", &[]);
+        fake.upsert_namespace("kube-system", &[]);
+        fake
+    }
+
+    fn type_for(&self, group: &str, plural: &str, singular: &str, kind: &str) -> ResType {
+        ResType {
+            group: group.into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            singular: singular.into(),
+            kind: kind.into(),
+            namespaced: false,
+            short_names: vec![],
+            verbs: READ_VERBS,
+        }
+    }
+
+    fn add_type(&self, t: ResType) {
+        let mut inner = self.shared.lock();
+        inner
+            .types
+            .retain(|o| !(o.group == t.group && o.version == t.version && o.plural == t.plural));
+        inner.types.push(t);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes a kubeconfig (server = url, user token = "adapter-token") into `dir`, returns its path.
+    pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("fake-kube.kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n\
+             users:\n- name: adapter\n  user:\n    token: adapter-token\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: adapter\n\
+             current-context: fake\n",
+            self.url()
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// Applies `f` to the stored object (None = absent); `f` returning None deletes it. Bumps the
+    /// resourceVersion, stamps the object, records the change and broadcasts it to watches.
+    fn mutate(
+        &self,
+        group: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(Option<Value>) -> Option<Value>,
+    ) {
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        let Some(rt) = inner.find(group, None, plural).cloned() else {
+            panic!("fake kube: unknown resource type {plural}.{group}; call add_resource_type first")
+        };
+        let namespace = if rt.namespaced { namespace } else { "" };
+        let key = (namespace.to_owned(), name.to_owned());
+        let store = inner.objects.entry((group.into(), plural.into())).or_default();
+        let prev = store.get(&key).cloned();
+        let Some(mut cur) = f(prev.clone()) else {
+            if prev.is_none() {
+                return;
+            }
+            inner.rv += 1;
+            store.remove(&key);
+            let change = Arc::new(Change {
+                rv: inner.rv,
+                group: group.into(),
+                plural: plural.into(),
+                prev,
+                cur: None,
+            });
+            inner.history.push(change.clone());
+            let _ = self.shared.changes.send(change);
+            return;
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        cur["apiVersion"] = json!(rt.api_version());
+        cur["kind"] = json!(rt.kind);
+        let meta = &mut cur["metadata"];
+        if !meta.is_object() {
+            *meta = json!({});
+        }
+        meta["name"] = json!(name);
+        if rt.namespaced {
+            meta["namespace"] = json!(namespace);
+        }
+        meta["resourceVersion"] = json!(rv.to_string());
+        let old_meta = prev.as_ref().map(|p| &p["metadata"]);
+        meta["uid"] = old_meta
+            .map(|m| m["uid"].clone())
+            .unwrap_or_else(|| json!(format!("00000000-0000-4000-8000-{rv:012}")));
+        meta["creationTimestamp"] = old_meta
+            .map(|m| m["creationTimestamp"].clone())
+            .unwrap_or_else(|| to_value(&Time(jiff::Timestamp::now())));
+        store.insert(key, cur.clone());
+        let change = Arc::new(Change {
+            rv,
+            group: group.into(),
+            plural: plural.into(),
+            prev,
+            cur: Some(cur),
+        });
+        inner.history.push(change.clone());
+        let _ = self.shared.changes.send(change);
+    }
+
+    pub fn upsert_namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        self.mutate("", "namespaces", "", name, |prev| {
+            let mut ns: Namespace = typed(prev);
+            ns.metadata.labels = labels_map(labels);
+            ns.status = Some(NamespaceStatus {
+                phase: Some("Active".into()),
+                ..Default::default()
+            });
+            Some(to_value(&ns))
+        });
+    }
+
+    /// Creates or replaces a pod (keeping uid, creation and deletion timestamps). The Ready
+    /// condition is True exactly when `phase` is "Running".
+    pub fn upsert_pod(&self, namespace: &str, name: &str, labels: &[(&str, &str)], phase: &str) {
+        self.mutate("", "pods", namespace, name, |prev| {
+            let mut pod: Pod = typed(prev);
+            pod.metadata.labels = labels_map(labels);
+            pod.spec = Some(PodSpec {
+                containers: vec![Container {
+                    name: "app".into(),
+                    image: Some("registry.example/app:1".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            let ready = if phase == "Running" { "True" } else { "False" };
+            pod.status = Some(PodStatus {
+                phase: Some(phase.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            Some(to_value(&pod))
+        });
+    }
+
+    /// Sets metadata.deletionTimestamp (a MODIFIED event), as a graceful delete does.
+    pub fn mark_pod_deleting(&self, namespace: &str, name: &str) {
+        self.mutate("", "pods", namespace, name, |prev| {
+            let mut pod: Pod = serde_json::from_value(prev?).ok()?;
+            pod.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+            pod.metadata.deletion_grace_period_seconds = Some(30);
+            Some(to_value(&pod))
+        });
+    }
+
+    pub fn delete_pod(&self, namespace: &str, name: &str) {
+        self.mutate("", "pods", namespace, name, |_| None);
+    }
+
+    pub fn upsert_service(&self, namespace: &str, name: &str, labels: &[(&str, &str)]) {
+        self.mutate("", "services", namespace, name, |prev| {
+            let mut svc: Service = typed(prev);
+            svc.metadata.labels = labels_map(labels);
+            svc.spec = Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                ..Default::default()
+            });
+            Some(to_value(&svc))
+        });
+    }
+
+    /// Creates or relabels an object of any known type (see `add_resource_type`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn upsert_object(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) {
+        self.mutate(group, plural, namespace.unwrap_or(""), name, |prev| {
+            let mut obj: DynamicObject =
+                prev.and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_else(|| DynamicObject {
+                        types: None,
+                        metadata: ObjectMeta::default(),
+                        data: json!({}),
+                    });
+            obj.types = Some(TypeMeta {
+                api_version: gv(group, version),
+                kind: kind.into(),
+            });
+            obj.metadata.labels = labels_map(labels);
+            Some(to_value(&obj))
+        });
+    }
+
+    /// Adds a resource type to discovery (e.g. a CRD added after the adapter started).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_resource_type(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        singular: &str,
+        kind: &str,
+        namespaced: bool,
+        short_names: &[&str],
+    ) {
+        self.add_type(ResType {
+            group: group.into(),
+            version: version.into(),
+            plural: plural.into(),
+            singular: singular.into(),
+            kind: kind.into(),
+            namespaced,
+            short_names: short_names.iter().map(|s| s.to_string()).collect(),
+            verbs: READ_VERBS,
+        });
+    }
+
+    /// Sets the data of ConfigMap kube-system/extension-apiserver-authentication (ADDED/MODIFIED).
+    pub fn set_auth_configmap(&self, data: &[(&str, &str)]) {
+        self.mutate(
+            "",
+            "configmaps",
+            "kube-system",
+            "extension-apiserver-authentication",
+            |prev| {
+                let mut cm: ConfigMap = typed(prev);
+                cm.data = Some(data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+                Some(to_value(&cm))
+            },
+        );
+    }
+
+    /// TokenReview: this bearer token authenticates as `user` with `groups`.
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        let groups = groups.iter().map(|g| g.to_string()).collect();
+        self.shared
+            .lock()
+            .tokens
+            .insert(token.into(), (user.into(), groups));
+    }
+
+    /// SubjectAccessReview: allow `verb` on (`group`, `resource`) for this user or group ("*"
+    /// matches any verb, group or resource; with group "" the resource may be a non-resource path,
+    /// a trailing "*" matching any suffix).
+    pub fn allow(&self, subject: &str, verb: &str, group: &str, resource: &str) {
+        self.shared.lock().rules.push(Rule {
+            subject: subject.into(),
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+        });
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock().requests.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.lock().requests.clear();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP side
+
+fn respond<T: Serialize>(code: StatusCode, body: &T) -> Response {
+    let body = serde_json::to_vec(body).expect("serialize response");
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    let status = Status {
+        code: Some(code.as_u16().into()),
+        details: Some(StatusDetails::default()),
+        message: Some(message),
+        metadata: ListMeta::default(),
+        reason: Some(reason.into()),
+        status: Some("Failure".into()),
+    };
+    respond(code, &status)
+}
+
+fn not_found() -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource".into(),
+    )
+}
+
+fn bad_request(message: String) -> Response {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    shared.lock().requests.push(RecordedRequest {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        watch,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    });
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let inner = || shared.lock();
+    match (method.clone(), segments.as_slice()) {
+        (Method::GET, ["version"]) => respond(
+            StatusCode::OK,
+            &Info {
+                git_version: "v1.32.0-fake".into(),
+                major: "1".into(),
+                minor: "32".into(),
+                platform: "linux/amd64".into(),
+                ..Default::default()
+            },
+        ),
+        (Method::GET, ["api"]) => respond(
+            StatusCode::OK,
+            &APIVersions {
+                versions: vec!["v1".into()],
+                server_address_by_client_cidrs: vec![ServerAddressByClientCIDR {
+                    client_cidr: "0.0.0.0/0".into(),
+                    server_address: shared.addr.to_string(),
+                }],
+            },
+        ),
+        (Method::GET, ["apis"]) => {
+            let mut groups: Vec<APIGroup> = Vec::new();
+            for t in inner().types.iter().filter(|t| !t.group.is_empty()) {
+                let version = GroupVersionForDiscovery {
+                    group_version: t.api_version(),
+                    version: t.version.clone(),
+                };
+                match groups.iter_mut().find(|g| g.name == t.group) {
+                    Some(g) if !g.versions.contains(&version) => g.versions.push(version),
+                    Some(_) => {}
+                    None => groups.push(APIGroup {
+                        name: t.group.clone(),
+                        preferred_version: Some(version.clone()),
+                        server_address_by_client_cidrs: None,
+                        versions: vec![version],
+                    }),
+                }
+            }
+            respond(StatusCode::OK, &APIGroupList { groups })
+        }
+        (Method::GET, ["api", "v1"]) => resource_list(&inner(), "", "v1"),
+        (Method::GET, ["apis", group, version]) => resource_list(&inner(), group, version),
+        (Method::POST, ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
+            token_review(&inner(), &body)
+        }
+        (Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
+            access_review(&inner(), &body)
+        }
+        (Method::GET, ["api", "v1", rest @ ..]) => resource(&shared, "", "v1", rest, &query, &headers, watch),
+        (Method::GET, ["apis", group, version, rest @ ..]) => {
+            resource(&shared, group, version, rest, &query, &headers, watch)
+        }
+        (_, ["api" | "apis", ..]) if method != Method::GET => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("the fake API server does not support {method} here"),
+        ),
+        _ => not_found(),
+    }
+}
+
+fn resource_list(inner: &Inner, group: &str, version: &str) -> Response {
+    let resources: Vec<APIResource> = inner
+        .types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+        .map(|t| APIResource {
+            kind: t.kind.clone(),
+            name: t.plural.clone(),
+            namespaced: t.namespaced,
+            short_names: (!t.short_names.is_empty()).then(|| t.short_names.clone()),
+            singular_name: t.singular.clone(),
+            verbs: t.verbs.iter().map(|v| v.to_string()).collect(),
+            ..Default::default()
+        })
+        .collect();
+    if resources.is_empty() {
+        return not_found();
+    }
+    respond(
+        StatusCode::OK,
+        &APIResourceList {
+            group_version: gv(group, version),
+            resources,
+        },
+    )
+}
+
+fn token_review(inner: &Inner, body: &[u8]) -> Response {
+    let mut review: TokenReview = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid TokenReview: {e}")),
+    };
+    let token = review.spec.token.clone();
+    review.status = Some(match inner.tokens.get(&token) {
+        Some((user, groups)) => TokenReviewStatus {
+            authenticated: Some(true),
+            user: Some(UserInfo {
+                username: Some(user.clone()),
+                groups: Some(groups.clone()),
+                uid: Some(format!("uid-{user}")),
+                extra: None,
+            }),
+            ..Default::default()
+        },
+        None => TokenReviewStatus {
+            authenticated: Some(false),
+            error: Some("invalid bearer token".into()),
+            ..Default::default()
+        },
+    });
+    respond(StatusCode::CREATED, &review)
+}
+
+fn access_review(inner: &Inner, body: &[u8]) -> Response {
+    let mut review: SubjectAccessReview = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid SubjectAccessReview: {e}")),
+    };
+    let spec = &review.spec;
+    let subjects: Vec<&str> = spec
+        .user
+        .iter()
+        .chain(spec.groups.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    let (verb, group, resource, non_resource) =
+        match (&spec.resource_attributes, &spec.non_resource_attributes) {
+            (Some(ra), _) => (ra.verb.clone(), ra.group.clone(), ra.resource.clone(), false),
+            (None, Some(na)) => (na.verb.clone(), Some(String::new()), na.path.clone(), true),
+            (None, None) => {
+                return bad_request("resourceAttributes or nonResourceAttributes required".into());
+            }
+        };
+    let (verb, group, resource) = (
+        verb.unwrap_or_default(),
+        group.unwrap_or_default(),
+        resource.unwrap_or_default(),
+    );
+    let wild = |rule: &str, value: &str| rule == "*" || rule == value;
+    let matched = inner.rules.iter().find(|r| {
+        subjects.contains(&r.subject.as_str())
+            && wild(&r.verb, &verb)
+            && if non_resource {
+                r.group.is_empty()
+                    && (wild(&r.resource, &resource)
+                        || r.resource
+                            .strip_suffix('*')
+                            .is_some_and(|p| resource.starts_with(p)))
+            } else {
+                wild(&r.group, &group) && wild(&r.resource, &resource)
+            }
+    });
+    let status = if subjects.contains(&"system:masters") {
+        SubjectAccessReviewStatus {
+            allowed: true,
+            reason: Some("system:masters".into()),
+            ..Default::default()
+        }
+    } else if let Some(rule) = matched {
+        let reason = format!("allowed by fake rule for {:?}", rule.subject);
+        SubjectAccessReviewStatus {
+            allowed: true,
+            reason: Some(reason),
+            ..Default::default()
+        }
+    } else {
+        SubjectAccessReviewStatus {
+            allowed: false,
+            reason: Some("no RBAC policy matched".into()),
+            ..Default::default()
+        }
+    };
+    review.status = Some(status);
+    respond(StatusCode::CREATED, &review)
+}
+
+/// What LIST/WATCH/GET select: namespace, label selector, field selector.
+#[derive(Clone)]
+struct Filter {
+    namespace: Option<String>,
+    labels: Selector,
+    /// (JSON pointer, equal?, value)
+    fields: Vec<(&'static str, bool, String)>,
+}
+
+impl Filter {
+    fn parse(rt: &ResType, namespace: Option<&str>, query: &HashMap<String, String>) -> Result<Self, String> {
+        let labels = Selector::parse(query.get("labelSelector").map_or("", String::as_str))
+            .map_err(|e| format!("unable to parse requirement: {e}"))?;
+        let mut fields = Vec::new();
+        for term in query
+            .get("fieldSelector")
+            .map_or("", String::as_str)
+            .split(',')
+            .filter(|t| !t.is_empty())
+        {
+            let (key, eq, value) = if let Some((k, v)) = term.split_once("!=") {
+                (k, false, v)
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                (k, true, v)
+            } else {
+                return Err(format!("invalid selector: '{term}'; can't understand '{term}'"));
+            };
+            let pointer = match key.trim() {
+                "metadata.name" => "/metadata/name",
+                "metadata.namespace" => "/metadata/namespace",
+                "status.phase" if rt.plural == "pods" && rt.group.is_empty() => "/status/phase",
+                other => {
+                    return Err(format!(
+                        "field label not supported: {other} (the fake supports metadata.name, metadata.namespace, pods status.phase)"
+                    ));
+                }
+            };
+            fields.push((pointer, eq, value.trim().to_owned()));
+        }
+        Ok(Filter {
+            namespace: namespace.map(str::to_owned),
+            labels,
+            fields,
+        })
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        let text = |pointer: &str| {
+            obj.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        if self
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| *ns != text("/metadata/namespace"))
+        {
+            return false;
+        }
+        let labels: BTreeMap<String, String> = obj
+            .pointer("/metadata/labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        self.labels.matches(&labels)
+            && self
+                .fields
+                .iter()
+                .all(|(pointer, eq, value)| (text(pointer) == *value) == *eq)
+    }
+}
+
+/// Whether the Accept header asks for metadata only (`as=PartialObjectMetadata[List]`); an `as=`
+/// the fake cannot produce (e.g. Table) with no plain-JSON alternative is 406, as upstream.
+fn metadata_only(headers: &HeaderMap, list: bool) -> Result<bool, String> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let wanted = if list {
+        "PartialObjectMetadataList"
+    } else {
+        "PartialObjectMetadata"
+    };
+    for alternative in accept.split(',') {
+        let as_param = alternative
+            .split(';')
+            .skip(1)
+            .find_map(|p| p.trim().strip_prefix("as="));
+        match as_param {
+            None => return Ok(false),
+            Some(a) if a == wanted => return Ok(true),
+            Some(_) => {}
+        }
+    }
+    Err(format!(
+        "only the following media types are accepted: application/json, application/json;as={wanted};g=meta.k8s.io;v=v1"
+    ))
+}
+
+fn partial(obj: &Value) -> Value {
+    let meta = PartialObjectMeta::<DynamicObject> {
+        types: Some(TypeMeta {
+            api_version: "meta.k8s.io/v1".into(),
+            kind: "PartialObjectMetadata".into(),
+        }),
+        metadata: serde_json::from_value(obj["metadata"].clone()).unwrap_or_default(),
+        _phantom: PhantomData,
+    };
+    to_value(&meta)
+}
+
+fn resource(
+    shared: &Arc<Shared>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    watch: bool,
+) -> Response {
+    let (namespace, plural, name) = match *rest {
+        [plural] => (None, plural, None),
+        ["namespaces", ns, plural] => (Some(ns), plural, None),
+        ["namespaces", ns, plural, name] => (Some(ns), plural, Some(name)),
+        [plural, name] => (None, plural, Some(name)),
+        _ => return not_found(),
+    };
+    let inner = shared.lock();
+    let Some(rt) = inner.find(group, Some(version), plural).cloned() else {
+        return not_found();
+    };
+    if rt.verbs != READ_VERBS {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{plural} only support create"),
+        );
+    }
+    if (namespace.is_some() && !rt.namespaced) || (name.is_some() && rt.namespaced && namespace.is_none()) {
+        return not_found();
+    }
+    let mut filter = match Filter::parse(&rt, namespace, query) {
+        Ok(f) => f,
+        Err(message) => return bad_request(message),
+    };
+    let meta = match metadata_only(headers, name.is_none() && !watch) {
+        Ok(m) => m,
+        Err(message) => return status(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", message),
+    };
+    let store = inner.objects.get(&(rt.group.clone(), rt.plural.clone()));
+    if let (Some(name), false) = (name, watch) {
+        let resource = if group.is_empty() {
+            plural.to_owned()
+        } else {
+            format!("{plural}.{group}")
+        };
+        return match store.and_then(|s| s.get(&(namespace.unwrap_or("").to_owned(), name.to_owned()))) {
+            Some(obj) if meta => respond(StatusCode::OK, &partial(obj)),
+            Some(obj) => respond(StatusCode::OK, obj),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{resource} {name:?} not found"),
+            ),
+        };
+    }
+    if !watch {
+        // Pages are cut from the current state; the continue token carries the list's
+        // resourceVersion and the last key returned.
+        let (list_rv, after) = match query.get("continue") {
+            Some(token) => match token
+                .split_once('/')
+                .and_then(|(rv, key)| Some((rv.parse::<u64>().ok()?, key.split_once('/')?)))
+            {
+                Some((rv, (ns, name))) => (rv, Some((ns.to_owned(), name.to_owned()))),
+                None => return bad_request(format!("invalid continue token {token:?}")),
+            },
+            None => (inner.rv, None),
+        };
+        let limit = query
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0);
+        let mut items: Vec<&Value> = store
+            .into_iter()
+            .flat_map(|s| s.range(after.clone().unwrap_or_default()..))
+            .filter(|(key, _)| Some(*key) != after.as_ref())
+            .map(|(_, o)| o)
+            .filter(|o| filter.matches(o))
+            .collect();
+        let mut continue_ = None;
+        if let Some(limit) = limit.filter(|l| items.len() > *l) {
+            items.truncate(limit);
+            let last = &items[limit - 1]["metadata"];
+            let text = |f: &str| last[f].as_str().unwrap_or_default().to_owned();
+            continue_ = Some(format!("{list_rv}/{}/{}", text("namespace"), text("name")));
+        }
+        let metadata = ListMeta {
+            resource_version: Some(list_rv.to_string()),
+            continue_,
+            ..Default::default()
+        };
+        return if meta {
+            let types = TypeMeta {
+                api_version: "meta.k8s.io/v1".into(),
+                kind: "PartialObjectMetadataList".into(),
+            };
+            let items = items.into_iter().map(partial).collect();
+            respond(
+                StatusCode::OK,
+                &ObjectList {
+                    types,
+                    metadata,
+                    items,
+                },
+            )
+        } else {
+            let types = TypeMeta {
+                api_version: rt.api_version(),
+                kind: format!("{}List", rt.kind),
+            };
+            let items = items.into_iter().cloned().collect();
+            respond(
+                StatusCode::OK,
+                &ObjectList::<Value> {
+                    types,
+                    metadata,
+                    items,
+                },
+            )
+        };
+    }
+
+    // WATCH. The history snapshot and the broadcast subscription are taken under one lock, so no
+    // change is lost or sent twice.
+    if let Some(name) = name {
+        filter.fields.push(("/metadata/name", true, name.to_owned()));
+    }
+    let since = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("" | "0") => None,
+        Some(rv) => match rv.parse::<u64>() {
+            Ok(rv) => Some(rv),
+            Err(_) => return bad_request(format!("invalid resource version {rv:?}")),
+        },
+    };
+    let initial_events = query.get("sendInitialEvents").is_some_and(|v| v == "true");
+    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(WATCH_CAP, |t| Duration::from_secs(t).min(WATCH_CAP));
+    let mut lines: Vec<String> = Vec::new();
+    if since.is_none() || initial_events {
+        // "Start at most recent / any": synthetic ADDED for the current state.
+        let current = store
+            .into_iter()
+            .flat_map(|s| s.values())
+            .filter(|o| filter.matches(o));
+        lines.extend(current.map(|o| event_line(WatchEvent::Added(o.clone()), meta)));
+    } else if let Some(since) = since {
+        let start = inner.history.partition_point(|c| c.rv <= since);
+        lines.extend(
+            inner.history[start..]
+                .iter()
+                .filter_map(|c| change_line(c, &rt, &filter, meta)),
+        );
+    }
+    let mut last_rv = inner.rv;
+    if initial_events && bookmarks {
+        lines.push(bookmark_line(&rt, meta, last_rv, true));
+    }
+    let mut changes = shared.changes.subscribe();
+    let mut shutdown = shared.shutdown.clone();
+    drop(inner);
+
+    let (mut tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        for line in lines {
+            if tx.send(Ok(line.into())).await.is_err() {
+                return;
+            }
+        }
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let line = tokio::select! {
+                _ = &mut deadline => {
+                    if bookmarks {
+                        let _ = tx.send(Ok(bookmark_line(&rt, meta, last_rv, false).into())).await;
+                    }
+                    return;
+                }
+                _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => return,
+                change = changes.recv() => match change {
+                    Ok(change) => {
+                        last_rv = change.rv;
+                        change_line(&change, &rt, &filter, meta)
+                    }
+                    // Lagged or closed: end the stream; the client resumes from its last version.
+                    Err(_) => return,
+                },
+            };
+            if let Some(line) = line
+                && tx.send(Ok(line.into())).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(rx))
+        .expect("watch response")
+}
+
+/// The event a watch with this filter sees for `change`, as the real watch cache computes it.
+fn change_line(change: &Change, rt: &ResType, filter: &Filter, meta: bool) -> Option<String> {
+    if change.group != rt.group || change.plural != rt.plural {
+        return None;
+    }
+    let was = change.prev.as_ref().is_some_and(|o| filter.matches(o));
+    let event = match &change.cur {
+        Some(cur) if filter.matches(cur) => {
+            if was {
+                WatchEvent::Modified(cur.clone())
+            } else {
+                WatchEvent::Added(cur.clone())
+            }
+        }
+        _ if was => {
+            // Gone, or no longer matching: DELETED with the last matching state at this version.
+            let mut prev = change.prev.clone()?;
+            prev["metadata"]["resourceVersion"] = json!(change.rv.to_string());
+            WatchEvent::Deleted(prev)
+        }
+        _ => return None,
+    };
+    Some(event_line(event, meta))
+}
+
+fn event_line(event: WatchEvent<Value>, meta: bool) -> String {
+    let event = if meta {
+        match event {
+            WatchEvent::Added(o) => WatchEvent::Added(partial(&o)),
+            WatchEvent::Modified(o) => WatchEvent::Modified(partial(&o)),
+            WatchEvent::Deleted(o) => WatchEvent::Deleted(partial(&o)),
+            other => other,
+        }
+    } else {
+        event
+    };
+    serde_json::to_string(&event).expect("serialize watch event") + "\n"
+}
+
+/// Built by hand: k8s-openapi's `WatchEvent::Bookmark` omits apiVersion/kind, which the real
+/// server sends and kube-core's `Bookmark` requires.
+fn bookmark_line(rt: &ResType, meta: bool, rv: u64, initial_end: bool) -> String {
+    let (api_version, kind) = if meta {
+        ("meta.k8s.io/v1".to_owned(), "PartialObjectMetadata".to_owned())
+    } else {
+        (rt.api_version(), rt.kind.clone())
+    };
+    let annotations = if initial_end {
+        json!({"k8s.io/initial-events-end": "true"})
+    } else {
+        json!({})
+    };
+    let object = json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv.to_string(), "annotations": annotations}});
+    json!({"type": "BOOKMARK", "object": object}).to_string() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, time::Instant};
+
+    use futures::StreamExt;
+    use k8s_openapi::api::{
+        authentication::v1::TokenReviewSpec,
+        authorization::v1::{NonResourceAttributes, ResourceAttributes, SubjectAccessReviewSpec},
+    };
+    use kube::{
+        Api, Client, ResourceExt,
+        api::{ApiResource, ListParams, PostParams},
+        config::{KubeConfigOptions, Kubeconfig},
+        discovery::Discovery,
+        runtime::{WatchStreamExt, reflector, watcher},
+    };
+
+    use super::*;
+
+    fn client(fake: &FakeKube) -> Client {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        Client::try_from(kube::Config::new(fake.url().parse().unwrap())).unwrap()
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 1s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn count(fake: &FakeKube, path: &str, watch: bool) -> usize {
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path && r.watch == watch)
+            .count()
+    }
+
+    #[tokio::test]
+    async fn discovery_finds_core_apps_and_late_crds() {
+        let fake = FakeKube::start().await;
+        let client = client(&fake);
+        let has = |d: &Discovery, group: &str, plural: &str| {
+            d.get(group).is_some_and(|g| {
+                g.recommended_resources()
+                    .iter()
+                    .any(|(ar, _)| ar.plural == plural)
+            })
+        };
+        let discovery = Discovery::new(client.clone()).run().await.unwrap();
+        assert!(has(&discovery, "", "pods") && has(&discovery, "", "namespaces"));
+        assert!(has(&discovery, "apps", "deployments"));
+        assert!(has(&discovery, "authorization.k8s.io", "subjectaccessreviews"));
+        assert!(!discovery.has_group("example.com"));
+
+        fake.add_resource_type("example.com", "v1", "widgets", "widget", "Widget", true, &["wd"]);
+        fake.upsert_object(
+            "example.com",
+            "v1",
+            "widgets",
+            "Widget",
+            Some("default"),
+            "w1",
+            &[("app", "web")],
+        );
+        let discovery = Discovery::new(client.clone()).run().await.unwrap();
+        let group = discovery
+            .get("example.com")
+            .expect("CRD group after add_resource_type");
+        let (ar, caps) = group
+            .recommended_resources()
+            .into_iter()
+            .find(|(ar, _)| ar.plural == "widgets")
+            .unwrap();
+        assert_eq!(
+            (ar.kind.as_str(), caps.scope),
+            ("Widget", kube::discovery::Scope::Namespaced)
+        );
+
+        let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+        let list = widgets
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap();
+        assert_eq!(
+            list.items.iter().map(|o| o.name_any()).collect::<Vec<_>>(),
+            ["w1"]
+        );
+        let deploy = ApiResource::erase::<k8s_openapi::api::apps::v1::Deployment>(&());
+        fake.upsert_object(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            Some("default"),
+            "web",
+            &[],
+        );
+        let got = Api::<DynamicObject>::namespaced_with(client, "default", &deploy)
+            .get("web")
+            .await
+            .unwrap();
+        assert_eq!(got.types.unwrap().kind, "Deployment");
+    }
+
+    #[tokio::test]
+    async fn lists_filter_by_labels_fields_and_paginate() {
+        let fake = FakeKube::start().await;
+        fake.upsert_pod("default", "web-0", &[("app", "web")], "Running");
+        fake.upsert_pod("default", "web-1", &[("app", "web"), ("tier", "x")], "Failed");
+        fake.upsert_pod("default", "db-0", &[("app", "db")], "Running");
+        fake.upsert_pod("other", "web-9", &[("app", "web")], "Running");
+        let client = client(&fake);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let names =
+            |list: kube::core::ObjectList<Pod>| list.items.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+
+        assert_eq!(
+            names(pods.list(&ListParams::default().labels("app=web")).await.unwrap()),
+            ["web-0", "web-1"]
+        );
+        let running = ListParams::default()
+            .labels("app=web")
+            .fields("status.phase!=Failed");
+        assert_eq!(names(pods.list(&running).await.unwrap()), ["web-0"]);
+        let set_based = ListParams::default().labels("app in (web,db),!tier");
+        assert_eq!(names(pods.list(&set_based).await.unwrap()), ["db-0", "web-0"]);
+        let all = Api::<Pod>::all(client.clone())
+            .list(&ListParams::default().labels("app notin (db)"))
+            .await;
+        assert_eq!(names(all.unwrap()), ["web-0", "web-1", "web-9"]);
+
+        let page = pods.list(&ListParams::default().limit(2)).await.unwrap();
+        assert_eq!(names(page.clone()), ["db-0", "web-0"]);
+        let rv = page.metadata.resource_version.clone().unwrap();
+        let token = page.metadata.continue_.unwrap();
+        let rest = pods
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                rest.metadata.resource_version.clone(),
+                rest.metadata.continue_.clone()
+            ),
+            (Some(rv), None)
+        );
+        assert_eq!(names(rest), ["web-1"]);
+
+        let meta = pods
+            .list_metadata(&ListParams::default().fields("metadata.name=web-0"))
+            .await
+            .unwrap();
+        assert_eq!(meta.types.kind, "PartialObjectMetadataList");
+        assert_eq!(
+            meta.items[0].types.as_ref().unwrap().api_version,
+            "meta.k8s.io/v1"
+        );
+        assert_eq!(meta.items[0].labels()["app"], "web");
+
+        assert_eq!(
+            pods.get("web-0").await.unwrap().status.unwrap().phase.as_deref(),
+            Some("Running")
+        );
+        let missing = pods.get("nope").await.unwrap_err();
+        assert!(matches!(missing, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound"));
+        let bad = pods
+            .list(&ListParams::default().labels("app in ("))
+            .await
+            .unwrap_err();
+        assert!(matches!(bad, kube::Error::Api(s) if s.code == 400));
+        let bad_field = pods
+            .list(&ListParams::default().fields("spec.nodeName=n1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(bad_field, kube::Error::Api(s) if s.code == 400));
+
+        let body = reqwest::get(format!("{}/nowhere", fake.url())).await.unwrap();
+        assert_eq!(body.status(), 404);
+        let status: Status = serde_json::from_str(&body.text().await.unwrap()).unwrap();
+        assert_eq!(status.reason.as_deref(), Some("NotFound"));
+        let last = fake.requests().pop().unwrap();
+        assert_eq!(
+            (last.method.as_str(), last.path.as_str(), last.watch),
+            ("GET", "/nowhere", false)
+        );
+    }
+
+    #[tokio::test]
+    #[allow(deprecated)] // kube 5 prefers watcher(Api<PartialObjectMeta<Pod>>); both send the same requests
+    async fn metadata_reflector_follows_pods_with_one_list() {
+        let fake = FakeKube::start().await;
+        fake.upsert_pod("default", "web-0", &[("app", "web")], "Running");
+        fake.upsert_pod("default", "crashed", &[("app", "web")], "Failed");
+        let api: Api<Pod> = Api::all(client(&fake));
+        let (reader, writer) = reflector::store::<PartialObjectMeta<Pod>>();
+        let config = watcher::Config::default().fields("status.phase!=Failed");
+        let stream = reflector(writer, kube::runtime::metadata_watcher(api, config)).default_backoff();
+        let task = tokio::spawn(stream.for_each(|_| async {}));
+        tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let state = || reader.state();
+        let names = || state().iter().map(|p| p.name_any()).collect::<BTreeSet<_>>();
+        let labels_of = |name: &str| {
+            state()
+                .iter()
+                .find(|p| p.name_any() == name)
+                .map(|p| p.labels().clone())
+        };
+        assert_eq!(names(), BTreeSet::from(["web-0".to_owned()]));
+
+        fake.upsert_pod("default", "web-1", &[("app", "web")], "Running");
+        eventually("new pod", || names().contains("web-1")).await;
+        fake.upsert_pod("default", "web-1", &[("app", "api")], "Running");
+        eventually("relabel", || {
+            labels_of("web-1").is_some_and(|l| l["app"] == "api")
+        })
+        .await;
+        fake.mark_pod_deleting("default", "web-1");
+        eventually("deleting", || {
+            state().iter().any(|p| p.metadata.deletion_timestamp.is_some())
+        })
+        .await;
+        fake.delete_pod("default", "web-1");
+        eventually("deleted pod gone", || !names().contains("web-1")).await;
+        fake.upsert_pod("default", "web-0", &[("app", "web")], "Failed");
+        eventually("failed pod gone", || names().is_empty()).await;
+        fake.upsert_pod("default", "crashed", &[("app", "web")], "Running");
+        eventually("recovered pod", || names().contains("crashed")).await;
+
+        assert_eq!(
+            count(&fake, "/api/v1/pods", false),
+            1,
+            "one LIST per watcher start"
+        );
+        assert!(count(&fake, "/api/v1/pods", true) >= 1);
+        let list = fake
+            .requests()
+            .into_iter()
+            .find(|r| r.path == "/api/v1/pods")
+            .unwrap();
+        assert!(
+            list.query.contains("fieldSelector=status.phase%21%3DFailed"),
+            "{}",
+            list.query
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn partial_object_meta_api_watches_services_by_label() {
+        let fake = FakeKube::start().await;
+        fake.upsert_service("default", "web", &[("app", "web")]);
+        let api: Api<PartialObjectMeta<Service>> = Api::namespaced(client(&fake), "default");
+        let (reader, writer) = reflector::store();
+        let stream = reflector(writer, watcher(api, watcher::Config::default().labels("app=web")));
+        let task = tokio::spawn(stream.default_backoff().for_each(|_| async {}));
+        tokio::time::timeout(Duration::from_secs(5), reader.wait_until_ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let names = || reader.state().iter().map(|s| s.name_any()).collect::<Vec<_>>();
+        assert_eq!(names(), ["web"]);
+        fake.upsert_service("default", "web", &[("app", "other")]);
+        eventually("relabelled out of the selector", || names().is_empty()).await;
+        fake.upsert_service("other", "web2", &[("app", "web")]);
+        fake.upsert_service("default", "web3", &[("app", "web")]);
+        eventually("new matching service", || names() == ["web3"]).await;
+        assert_eq!(count(&fake, "/api/v1/namespaces/default/services", false), 1);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn configmap_watch_resumes_without_relisting() {
+        let fake = FakeKube::start().await;
+        fake.set_auth_configmap(&[("client-ca-file", "CA1")]);
+        let api: Api<ConfigMap> = Api::namespaced(client(&fake), "kube-system");
+        // timeoutSeconds=1: the fake ends each watch after 1s and kube re-watches from its last version.
+        let config = watcher::Config::default()
+            .fields("metadata.name=extension-apiserver-authentication")
+            .timeout(1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = watcher(api, config).default_backoff().applied_objects();
+        let task = tokio::spawn(stream.for_each(move |cm| {
+            let _ = tx.send(cm.unwrap());
+            async {}
+        }));
+        let mut next_ca = async || {
+            let cm = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(cm.name_any(), "extension-apiserver-authentication");
+            cm.data.unwrap()["client-ca-file"].clone()
+        };
+        assert_eq!(next_ca().await, "CA1");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        fake.upsert_object(
+            "",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            Some("kube-system"),
+            "other",
+            &[],
+        );
+        fake.set_auth_configmap(&[("client-ca-file", "CA2")]);
+        assert_eq!(next_ca().await, "CA2");
+        let path = "/api/v1/namespaces/kube-system/configmaps";
+        assert_eq!(count(&fake, path, false), 1);
+        assert!(
+            count(&fake, path, true) >= 2,
+            "the watch was re-opened after its timeout"
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn streaming_list_gets_initial_events_and_end_bookmark() {
+        let fake = FakeKube::start().await;
+        let api: Api<Namespace> = Api::all(client(&fake));
+        let config = watcher::Config::default().streaming_lists();
+        let mut events = watcher(api, config).boxed();
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(1), events.next()).await;
+            match event.unwrap().unwrap().unwrap() {
+                watcher::Event::InitApply(ns) => seen.push(ns.name_any()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+        assert_eq!(seen, ["default", "kube-system"]);
+        let watches = fake.requests();
+        assert!(watches.iter().all(|r| r.watch), "a streaming list does not LIST");
+        assert!(watches[0].query.contains("sendInitialEvents=true"));
+    }
+
+    #[tokio::test]
+    async fn token_and_access_reviews() {
+        let fake = FakeKube::start().await;
+        fake.add_token(
+            "t-hpa",
+            "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+            &["system:serviceaccounts"],
+        );
+        fake.allow("system:serviceaccounts", "get", "custom.metrics.k8s.io", "*");
+        fake.allow("system:authenticated", "get", "", "/apis/custom.metrics.k8s.io*");
+        let client = client(&fake);
+
+        let reviews: Api<TokenReview> = Api::all(client.clone());
+        let review = |token: &str| TokenReview {
+            spec: TokenReviewSpec {
+                token: token.into(),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        let ok = reviews
+            .create(&PostParams::default(), &review("t-hpa"))
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(ok.authenticated, Some(true));
+        assert_eq!(ok.user.unwrap().groups.unwrap(), ["system:serviceaccounts"]);
+        let bad = reviews
+            .create(&PostParams::default(), &review("nope"))
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(
+            (bad.authenticated, bad.error.as_deref()),
+            (Some(false), Some("invalid bearer token"))
+        );
+
+        let sars: Api<SubjectAccessReview> = Api::all(client);
+        let check =
+            async |user: &str, groups: &[&str], verb: &str, resource: Option<&str>, path: Option<&str>| {
+                let spec = SubjectAccessReviewSpec {
+                    user: Some(user.into()),
+                    groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+                    resource_attributes: resource.map(|r| ResourceAttributes {
+                        verb: Some(verb.into()),
+                        group: Some("custom.metrics.k8s.io".into()),
+                        resource: Some(r.into()),
+                        subresource: Some("http_requests".into()),
+                        namespace: Some("default".into()),
+                        ..Default::default()
+                    }),
+                    non_resource_attributes: path.map(|p| NonResourceAttributes {
+                        path: Some(p.into()),
+                        verb: Some(verb.into()),
+                    }),
+                    ..Default::default()
+                };
+                let sar = SubjectAccessReview {
+                    spec,
+                    ..Default::default()
+                };
+                sars.create(&PostParams::default(), &sar)
+                    .await
+                    .unwrap()
+                    .status
+                    .unwrap()
+            };
+        assert!(
+            check("hpa", &["system:serviceaccounts"], "get", Some("pods"), None)
+                .await
+                .allowed
+        );
+        let denied = check("hpa", &["system:serviceaccounts"], "list", Some("pods"), None).await;
+        assert_eq!(
+            (denied.allowed, denied.reason.as_deref()),
+            (false, Some("no RBAC policy matched"))
+        );
+        assert!(
+            !check("mallory", &["system:authenticated"], "get", Some("pods"), None)
+                .await
+                .allowed
+        );
+        assert!(
+            check("root", &["system:masters"], "delete", Some("pods"), None)
+                .await
+                .allowed
+        );
+        let discovery_path = Some("/apis/custom.metrics.k8s.io/v1beta2");
+        assert!(
+            check("bob", &["system:authenticated"], "get", None, discovery_path)
+                .await
+                .allowed
+        );
+        assert!(
+            !check("bob", &["system:authenticated"], "get", None, Some("/metrics"))
+                .await
+                .allowed
+        );
+        let post = fake.requests().into_iter().find(|r| r.method == "POST").unwrap();
+        assert_eq!(post.path, "/apis/authentication.k8s.io/v1/tokenreviews");
+        assert!(post.body.contains("t-hpa"));
+    }
+
+    #[tokio::test]
+    async fn kubeconfig_reaches_the_fake_with_the_token() {
+        let fake = FakeKube::start().await;
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = Kubeconfig::read_from(fake.write_kubeconfig(dir.path())).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        let namespaces = Api::<Namespace>::all(Client::try_from(config).unwrap());
+        let names: Vec<String> = namespaces
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .iter()
+            .map(|n| n.name_any())
+            .collect();
+        assert_eq!(names, ["default", "kube-system"]);
+        let last = fake.requests().pop().unwrap();
+        assert_eq!(last.authorization.as_deref(), Some("Bearer adapter-token"));
+        fake.clear_requests();
+        assert!(fake.requests().is_empty());
+        let url = fake.url();
+        drop(fake);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            reqwest::get(format!("{url}/api")).await.is_err(),
+            "dropping FakeKube stops the server"
+        );
+    }
+}
