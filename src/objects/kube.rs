@@ -194,6 +194,21 @@ impl KubeObjects {
     }
 }
 
+impl KubeObjects {
+    /// Runs `f` over the synced cache of `resource`.
+    fn read<T>(&self, resource: &ResourceInfo, f: impl FnOnce(&HashMap<ObjectRef, Slim>) -> T) -> Result<T> {
+        let cache = self.cache(resource);
+        let not_synced = || Error::NotSynced {
+            resource: resource.group_resource(),
+        };
+        if !*cache.synced.borrow() {
+            return Err(not_synced());
+        }
+        let objects = cache.objects.read().map_err(|_| not_synced())?;
+        Ok(f(&objects))
+    }
+}
+
 impl Drop for KubeObjects {
     fn drop(&mut self) {
         if let Ok(tasks) = self.tasks.lock() {
@@ -267,43 +282,29 @@ impl ObjectSource for KubeObjects {
         namespace: Option<&str>,
         selector: &Selector,
     ) -> Result<Vec<ObjectRef>> {
-        let cache = self.cache(resource);
-        if !*cache.synced.borrow() {
-            return Err(Error::NotSynced {
-                resource: resource.group_resource(),
-            });
-        }
-        let objects = cache.objects.read().map_err(|_| Error::NotSynced {
-            resource: resource.group_resource(),
+        let mut refs: Vec<ObjectRef> = self.read(resource, |objects| {
+            objects
+                .iter()
+                .filter(|(key, slim)| {
+                    !slim.deleting
+                        && (namespace.is_none() || key.namespace.as_deref() == namespace)
+                        && selector.matches(&slim.labels)
+                })
+                .map(|(key, _)| key.clone())
+                .collect()
         })?;
-        let mut refs: Vec<ObjectRef> = objects
-            .iter()
-            .filter(|(key, slim)| {
-                !slim.deleting
-                    && (namespace.is_none() || key.namespace.as_deref() == namespace)
-                    && selector.matches(&slim.labels)
-            })
-            .map(|(key, _)| key.clone())
-            .collect();
         refs.sort();
         Ok(refs)
     }
 
     fn exists(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<bool> {
-        let cache = self.cache(resource);
-        if !*cache.synced.borrow() {
-            return Err(Error::NotSynced {
-                resource: resource.group_resource(),
-            });
-        }
-        let objects = cache.objects.read().map_err(|_| Error::NotSynced {
-            resource: resource.group_resource(),
-        })?;
         let key = ObjectRef {
             namespace: namespace.map(str::to_owned),
             name: name.to_owned(),
         };
-        Ok(objects.get(&key).is_some_and(|slim| !slim.deleting))
+        self.read(resource, |objects| {
+            objects.get(&key).is_some_and(|slim| !slim.deleting)
+        })
     }
 
     fn describe(&self) -> String {
