@@ -1,7 +1,6 @@
 //! The running adapter: shared state, the relist loop, and `run` that wires flags to a server.
 
 use std::{
-    collections::BTreeMap,
     future::Future,
     net::SocketAddr,
     sync::{
@@ -21,7 +20,7 @@ use crate::{
     config::{Args, PrometheusVerb},
     objects::{KubeObjects, ObjectSource, Resources, StaticObjects},
     prometheus,
-    rules::{self, Discovery, Rule},
+    rules::{self, Discovery, RuleSet},
     server,
 };
 
@@ -33,7 +32,8 @@ pub struct ReadyCheck {
 
 /// Everything a request needs, shared by all connections.
 pub struct State {
-    pub rules: Vec<Rule>,
+    /// The current rules; a discovery snapshot keeps the rules it was built from.
+    pub rules: ArcSwap<RuleSet>,
     /// The resources the adapter knows; replaced when API discovery is refreshed.
     pub resources: Arc<ArcSwap<Resources>>,
     pub prometheus: prometheus::Client,
@@ -51,13 +51,13 @@ pub type SharedState = Arc<State>;
 
 impl State {
     pub fn new(
-        rules: Vec<Rule>,
+        rules: RuleSet,
         prometheus: prometheus::Client,
         objects: Option<Arc<dyn ObjectSource>>,
         metrics_max_age: Duration,
     ) -> Self {
         Self {
-            rules,
+            rules: ArcSwap::from_pointee(rules),
             resources: Arc::new(ArcSwap::from_pointee(Resources::default())),
             prometheus,
             objects,
@@ -79,8 +79,14 @@ impl State {
         let client = prometheus::Client::new(&prometheus::ClientConfig {
             url: args.prometheus_url.clone(),
             headers,
-            token_file: args.prometheus_token_file.clone(),
-            ca_file: args.prometheus_ca_file.clone(),
+            token_file: args
+                .prometheus_token_file
+                .clone()
+                .or_else(|| incluster(args, "token")),
+            ca_file: args
+                .prometheus_ca_file
+                .clone()
+                .or_else(|| incluster(args, "ca.crt")),
             client_cert: args
                 .prometheus_client_tls_cert_file
                 .clone()
@@ -88,7 +94,11 @@ impl State {
             use_post: args.prometheus_verb == PrometheusVerb::Post,
             timeout: args.prometheus_timeout,
         })?;
-        let rules = rules::default_rules(&crate::config::promql_duration(args.rate_interval))?;
+        let custom = rules::default_rules(&crate::config::promql_duration(args.rate_interval))?;
+        let rules = RuleSet {
+            custom,
+            external: Vec::new(),
+        };
         let objects: Option<Arc<dyn ObjectSource>> = match &args.objects_file {
             Some(path) => Some(Arc::new(StaticObjects::load(path)?)),
             None => None,
@@ -118,20 +128,17 @@ impl State {
         let start = end
             .checked_sub(self.metrics_max_age)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut queries: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (index, rule) in self.rules.iter().enumerate() {
-            queries.entry(rule.series_query.as_str()).or_default().push(index);
-        }
-        let total = queries.len();
-        let mut fetched = Vec::with_capacity(total);
-        let mut failed_rules = Vec::new();
+        let rules = self.rules.load_full();
+        let mut fetched = Vec::new();
+        let (mut failed_custom, mut failed_external) = (Vec::new(), Vec::new());
         let mut last_error = None;
-        for (query, rule_indexes) in queries {
+        for (query, (custom, external)) in rules.series_queries() {
             match self.prometheus.series(query, start, end).await {
-                Ok(series) => fetched.push((rule_indexes, series)),
+                Ok(series) => fetched.push((custom, external, series)),
                 Err(err) => {
                     tracing::warn!(series_query = query, error = %err, "Listing series failed; keeping this query's metrics");
-                    failed_rules.extend(rule_indexes);
+                    failed_custom.extend(custom);
+                    failed_external.extend(external);
                     last_error = Some(err);
                 }
             }
@@ -141,15 +148,26 @@ impl State {
         {
             return Err(err);
         }
-        let pairs = fetched.iter().flat_map(|(indexes, series)| {
-            indexes
+        let custom_pairs = fetched.iter().flat_map(|(custom, _, series)| {
+            custom
+                .iter()
+                .flat_map(move |i| series.iter().map(move |s| (*i, s)))
+        });
+        let external_pairs = fetched.iter().flat_map(|(_, external, series)| {
+            external
                 .iter()
                 .flat_map(move |i| series.iter().map(move |s| (*i, s)))
         });
         let resources = self.resources.load_full();
-        let mut discovery = Discovery::build(&self.rules, pairs, &resources, end);
+        let mut discovery = Discovery::build(&rules.custom, custom_pairs, &resources, end);
+        discovery.add_external(&rules.external, external_pairs);
         let previous = self.discovery.load_full();
-        discovery.carry_over(&previous, &failed_rules);
+        // Carried-over entries are only valid for the rules they were built with.
+        if Arc::ptr_eq(&previous.rules, &rules) {
+            discovery.carry_over(&previous, &failed_custom);
+            discovery.carry_over_external(&previous, &failed_external);
+        }
+        discovery.rules = rules;
         let count = discovery.len();
         self.discovery.store(Arc::new(discovery));
         if previous.len() != count {
@@ -181,6 +199,12 @@ impl State {
             self.relisted.store(true, Ordering::Release);
         }
     }
+}
+
+/// With `--prometheus-auth-incluster`, the pod's service-account file `name`.
+fn incluster(args: &Args, name: &str) -> Option<std::path::PathBuf> {
+    args.prometheus_auth_incluster
+        .then(|| std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount").join(name))
 }
 
 /// Runs the adapter described by `args` until `shutdown` resolves.

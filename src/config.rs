@@ -101,9 +101,24 @@ pub struct Args {
     #[arg(long)]
     pub objects_file: Option<PathBuf>,
 
-    /// Log line format.
-    #[arg(long, value_enum, default_value = "text")]
+    /// Log line format (`--logging-format` is prometheus-adapter's name for it).
+    #[arg(long, alias = "logging-format", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// klog-style verbosity: 0-4 info, 5-7 debug (every Prometheus call), 8+ trace. `RUST_LOG` wins.
+    #[arg(long, short = 'v', default_value_t = 0)]
+    pub v: u8,
+
+    /// prometheus-adapter's rules file (rules, externalRules, resourceRules). Without it the
+    /// built-in default rules apply.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Authenticate to Prometheus with the pod's service-account token and cluster CA.
+    #[arg(long, conflicts_with = "prometheus_auth_config")]
+    pub prometheus_auth_incluster: bool,
+    /// kubeconfig file whose current context describes how to reach Prometheus (token, client
+    /// certificate, basic auth, CA).
+    #[arg(long)]
+    pub prometheus_auth_config: Option<PathBuf>,
 
     /// Kubeconfig for watching objects and API discovery (default: $KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long)]
@@ -189,6 +204,90 @@ impl Args {
     pub fn metrics_max_age(&self) -> Duration {
         self.metrics_max_age.unwrap_or(self.metrics_relist_interval)
     }
+}
+
+/// Flags of the generic Kubernetes API server and klog that prometheus-adapter accepts but that
+/// do not apply here, with whether each takes a value. They are accepted, so a prometheus-adapter
+/// Deployment's args work unchanged, and logged as ignored.
+const IGNORED_FLAGS: &[(&str, bool)] = &[
+    ("tls-cipher-suites", true),
+    ("tls-min-version", true),
+    ("tls-sni-cert-key", true),
+    ("http2-max-streams-per-connection", true),
+    ("permit-port-sharing", false),
+    ("permit-address-sharing", false),
+    ("profiling", false),
+    ("contention-profiling", false),
+    ("enable-priority-and-fairness", false),
+    ("debug-socket-path", true),
+    ("discovery-interval", true),
+    ("max-requests-inflight", true),
+    ("max-mutating-requests-inflight", true),
+    ("min-request-timeout", true),
+    ("request-timeout", true),
+    ("shutdown-delay-duration", true),
+    ("shutdown-send-retry-after", false),
+    ("goaway-chance", true),
+    ("livez-grace-period", true),
+    ("cors-allowed-origins", true),
+    ("strict-transport-security-directives", true),
+    ("external-hostname", true),
+    ("advertise-address", true),
+    ("egress-selector-config-file", true),
+    ("feature-gates", true),
+    ("vmodule", true),
+    ("log-dir", true),
+    ("log-file", true),
+    ("log-file-max-size", true),
+    ("log-flush-frequency", true),
+    ("log-backtrace-at", true),
+    ("stderrthreshold", true),
+    ("logtostderr", false),
+    ("alsologtostderr", false),
+    ("add-dir-header", false),
+    ("skip-headers", false),
+    ("skip-log-headers", false),
+    ("one-output", false),
+    ("audit-log-compress", false),
+];
+
+/// Removes the flags of [`IGNORED_FLAGS`] (and every `--audit-*` flag, which takes a value) from
+/// `argv`; returns the rest and the removed flags as written.
+pub fn split_ignored_flags(
+    argv: impl IntoIterator<Item = std::ffi::OsString>,
+) -> (Vec<std::ffi::OsString>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut ignored = Vec::new();
+    let mut argv = argv.into_iter();
+    while let Some(arg) = argv.next() {
+        let text = arg.to_string_lossy().into_owned();
+        let Some(flag) = text.strip_prefix("--") else {
+            kept.push(arg);
+            continue;
+        };
+        let (name, inline_value) = match flag.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (flag, false),
+        };
+        let takes_value = match IGNORED_FLAGS.iter().find(|(n, _)| *n == name) {
+            Some((_, takes_value)) => *takes_value,
+            None if name.starts_with("audit-") => true,
+            None => {
+                kept.push(arg);
+                continue;
+            }
+        };
+        let mut written = text.clone();
+        if takes_value
+            && !inline_value
+            && let Some(value) = argv.next()
+        {
+            written.push(' ');
+            written.push_str(&value.to_string_lossy());
+        }
+        ignored.push(written);
+    }
+    (kept, ignored)
 }
 
 /// Splits `Key=Value` on the first `=`, as prometheus-adapter does (a missing value is empty).
@@ -286,6 +385,43 @@ mod tests {
         assert_eq!(promql_duration(Duration::from_secs(90)), "90s");
         assert_eq!(promql_duration(Duration::from_secs(7200)), "2h");
         assert_eq!(promql_duration(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn prometheus_adapter_args_are_accepted() {
+        let argv = [
+            "adapter",
+            "--cert-dir=/var/run/serving-cert",
+            "--config=/etc/adapter/config.yaml",
+            "--logtostderr=true",
+            "--metrics-relist-interval=1m",
+            "--prometheus-url=http://prometheus.monitoring.svc:9090/",
+            "--secure-port=6443",
+            "--tls-cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "--audit-log-path",
+            "-",
+            "--profiling",
+            "--v=6",
+        ];
+        let (kept, ignored) = split_ignored_flags(argv.iter().map(std::ffi::OsString::from));
+        assert_eq!(
+            ignored,
+            [
+                "--logtostderr=true",
+                "--tls-cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                "--audit-log-path -",
+                "--profiling"
+            ]
+        );
+        let args = Args::try_parse_from(kept).unwrap();
+        assert_eq!(args.v, 6);
+        assert_eq!(
+            args.config.as_deref(),
+            Some(std::path::Path::new("/etc/adapter/config.yaml"))
+        );
+        assert_eq!(args.secure_port, 6443);
+        let args = Args::try_parse_from(["adapter", "--logging-format=json"]).unwrap();
+        assert_eq!(args.log_format, LogFormat::Json);
     }
 
     #[test]

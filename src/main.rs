@@ -2,12 +2,19 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use custom_metrics_adapter::{config::Args, telemetry};
+use custom_metrics_adapter::{
+    config::{self, Args},
+    telemetry,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    telemetry::init(args.log_format);
+    let (argv, ignored) = config::split_ignored_flags(std::env::args_os());
+    let args = Args::parse_from(argv);
+    telemetry::init(args.log_format, args.v);
+    for flag in ignored {
+        tracing::warn!(%flag, "Accepted for compatibility with prometheus-adapter; it has no effect here");
+    }
     // One process-wide provider, so no crate's feature flags can pick a different one at run time.
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()

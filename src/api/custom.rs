@@ -11,14 +11,13 @@ use super::{
     wants_pretty, wire_version,
 };
 use crate::{
-    app::{SharedState, State as AppState},
+    app::State as AppState,
     objects::{ObjectRef, ResourceInfo},
     prometheus, quantity,
     rules::{self, QueryRequest},
     selector::Selector,
 };
 use axum::{
-    extract::{Path, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -92,14 +91,16 @@ struct Item {
 }
 
 pub(super) async fn get_metric(
-    State(state): State<SharedState>,
-    Path((group, version, path)): Path<(String, String, String)>,
-    Query(params): Query<BTreeMap<String, String>>,
+    state: &AppState,
+    group: &str,
+    version: &str,
+    path: &str,
+    params: &BTreeMap<String, String>,
 ) -> Response {
-    let Some(wire) = wire_version(&group, &version) else {
+    let Some(wire) = wire_version(group, version) else {
         return ApiError::unknown_route().into_response();
     };
-    let Some(request) = MetricPath::parse(&path) else {
+    let Some(request) = MetricPath::parse(path) else {
         return ApiError::unknown_route().into_response();
     };
     // An empty metricLabelSelector is no selector, as the HPA's client renders it.
@@ -128,13 +129,13 @@ pub(super) async fn get_metric(
         Ok(selector) => selector,
         Err(err) => return ApiError::bad_request(format!("invalid labelSelector: {err}")).into_response(),
     };
-    let name = match field_selector_name(&params, &request.name) {
+    let name = match field_selector_name(params, &request.name) {
         Ok(name) => name,
         Err(err) => return err.into_response(),
     };
     let request = MetricPath { name, ..request };
 
-    let items = match metric_values(&state, &request, &label_selector, metric_selector.as_ref()).await {
+    let items = match metric_values(state, &request, &label_selector, metric_selector.as_ref()).await {
         Ok(items) => items,
         Err(err) => {
             tracing::info!(metric = %request.metric, resource = %request.resource, code = err.code(), error = err.message(), "Request refused");
@@ -142,7 +143,7 @@ pub(super) async fn get_metric(
         }
     };
     let api_version = format!("{group}/{version}");
-    let pretty = wants_pretty(&params);
+    let pretty = wants_pretty(params);
     match wire {
         WireVersion::V1Beta1 => {
             let items = items
@@ -265,8 +266,9 @@ async fn metric_values(
         }
         ApiError::not_found(format!("the server could not find the metric {} for {gr}: {detail}", request.metric))
     })?;
-    let rule = state
+    let rule = discovery
         .rules
+        .custom
         .get(entry.rule)
         .ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
 
@@ -474,7 +476,7 @@ async fn select_objects(
 }
 
 /// Maps Prometheus failures to the status a client can act on.
-fn prometheus_error(err: prometheus::Error) -> ApiError {
+pub(super) fn prometheus_error(err: prometheus::Error) -> ApiError {
     tracing::warn!(error = %err, "Prometheus query failed");
     match err {
         prometheus::Error::Timeout { .. } => ApiError::timeout(format!("unable to fetch metrics: {err}"), 1),
@@ -486,7 +488,7 @@ fn prometheus_error(err: prometheus::Error) -> ApiError {
 }
 
 /// RFC 3339 in UTC with second precision, from Prometheus' sample time.
-fn format_timestamp(seconds: f64) -> String {
+pub(super) fn format_timestamp(seconds: f64) -> String {
     let whole = seconds.floor() as i64;
     jiff::Timestamp::from_second(whole)
         .map(|t| t.to_string())

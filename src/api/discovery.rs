@@ -11,9 +11,9 @@ use axum::{
 use serde_json::json;
 
 use super::{
-    ApiError, GROUPS, GroupDef, json_response,
+    ApiError, EXTERNAL_GROUP, GROUPS, GroupDef, json_response, served_groups,
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
-    wants_pretty, wire_version,
+    wants_pretty,
 };
 use crate::app::SharedState;
 
@@ -33,17 +33,24 @@ fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
     }
 }
 
-pub(super) async fn group_list(Query(params): Params) -> Response {
+pub(super) async fn group_list(State(state): State<SharedState>, Query(params): Params) -> Response {
     let list = ApiGroupList {
         kind: "APIGroupList",
         api_version: "v1",
-        groups: GROUPS.iter().map(|def| api_group(def, false)).collect(),
+        groups: served_groups(&state)
+            .into_iter()
+            .map(|def| api_group(def, false))
+            .collect(),
     };
     json_response(StatusCode::OK, &list, wants_pretty(&params))
 }
 
-pub(super) async fn group(Path(group): Path<String>, Query(params): Params) -> Response {
-    match GROUPS.iter().find(|def| def.name == group) {
+pub(super) async fn group(
+    State(state): State<SharedState>,
+    Path(group): Path<String>,
+    Query(params): Params,
+) -> Response {
+    match served_groups(&state).into_iter().find(|def| def.name == group) {
         Some(def) => json_response(StatusCode::OK, &api_group(def, true), wants_pretty(&params)),
         None => axum::response::IntoResponse::into_response(ApiError::unknown_route()),
     }
@@ -55,20 +62,35 @@ pub(super) async fn resource_list(
     Path((group, version)): Path<(String, String)>,
     Query(params): Params,
 ) -> Response {
-    if wire_version(&group, &version).is_none() {
-        return axum::response::IntoResponse::into_response(ApiError::unknown_route());
-    }
     let discovery = state.discovery.load();
-    let resources = discovery
-        .iter()
-        .map(|(metric, entry)| ApiResource {
-            name: format!("{}/{metric}", entry.resource.group_resource()),
-            singular_name: String::new(),
-            namespaced: entry.resource.namespaced,
-            kind: "MetricValueList",
-            verbs: vec!["get"],
-        })
-        .collect();
+    let served = served_groups(&state)
+        .into_iter()
+        .any(|g| g.name == group && g.versions.contains(&version.as_str()));
+    let resources = if !served {
+        return axum::response::IntoResponse::into_response(ApiError::unknown_route());
+    } else if group == EXTERNAL_GROUP.name {
+        discovery
+            .external_metrics()
+            .map(|(metric, _)| ApiResource {
+                name: metric.to_owned(),
+                singular_name: String::new(),
+                namespaced: true,
+                kind: "ExternalMetricValueList",
+                verbs: vec!["get"],
+            })
+            .collect()
+    } else {
+        discovery
+            .iter()
+            .map(|(metric, entry)| ApiResource {
+                name: format!("{}/{metric}", entry.resource.group_resource()),
+                singular_name: String::new(),
+                namespaced: entry.resource.namespaced,
+                kind: "MetricValueList",
+                verbs: vec!["get"],
+            })
+            .collect()
+    };
     let list = ApiResourceList {
         kind: "APIResourceList",
         api_version: "v1",

@@ -3,6 +3,7 @@
 mod custom;
 mod discovery;
 pub mod error;
+mod external;
 pub mod types;
 
 use std::{collections::BTreeMap, time::Instant};
@@ -48,6 +49,33 @@ pub enum WireVersion {
     V1Beta2,
 }
 
+/// The external metrics group, served when the configuration has external rules.
+pub const EXTERNAL_GROUP: GroupDef = GroupDef {
+    name: external::GROUP,
+    versions: &[external::VERSION],
+};
+
+/// The groups served with the current rules.
+pub fn served_groups(state: &crate::app::State) -> Vec<&'static GroupDef> {
+    let mut groups: Vec<&'static GroupDef> = GROUPS.iter().collect();
+    if !state.rules.load().external.is_empty() {
+        groups.push(&EXTERNAL_GROUP);
+    }
+    groups
+}
+
+/// `/apis/<group>/<version>/...`: a custom or an external metric.
+async fn metric(
+    State(state): State<SharedState>,
+    axum::extract::Path((group, version, path)): axum::extract::Path<(String, String, String)>,
+    Query(params): Query<BTreeMap<String, String>>,
+) -> Response {
+    if group == external::GROUP && served_groups(&state).iter().any(|g| g.name == group) {
+        return external::get_metric(&state, &version, &path, &params).await;
+    }
+    custom::get_metric(&state, &group, &version, &path, &params).await
+}
+
 /// Finds a served group/version.
 pub fn wire_version(group: &str, version: &str) -> Option<WireVersion> {
     let def = GROUPS.iter().find(|g| g.name == group)?;
@@ -63,7 +91,7 @@ pub fn router(state: SharedState, auth: Option<std::sync::Arc<crate::auth::Auth>
         .route("/apis", get(discovery::group_list))
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::resource_list))
-        .route("/apis/{group}/{version}/{*path}", get(custom::get_metric))
+        .route("/apis/{group}/{version}/{*path}", get(metric))
         .route("/healthz", get(health))
         .route("/livez", get(health))
         .route("/readyz", get(ready))

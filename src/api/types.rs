@@ -54,6 +54,19 @@ pub struct MetricValueV1Beta2 {
     pub value: String,
 }
 
+/// external.metrics.k8s.io/v1beta1 ExternalMetricValue.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalMetricValue {
+    pub metric_name: String,
+    /// Every label of the sample (no omitempty in Go: `{}` when there are none).
+    pub metric_labels: std::collections::BTreeMap<String, String>,
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<i64>,
+    pub value: String,
+}
+
 /// MetricValueList of either version.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

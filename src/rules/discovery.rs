@@ -5,7 +5,9 @@ use std::{
     time::SystemTime,
 };
 
-use super::Rule;
+use std::sync::Arc;
+
+use super::{Rule, RuleSet};
 use crate::objects::{ResourceInfo, Resources};
 
 /// Where an API metric of one resource comes from.
@@ -18,10 +20,22 @@ pub struct MetricEntry {
     pub resource: ResourceInfo,
 }
 
-/// A snapshot of discovered metrics, keyed by (group-resource, API metric name).
+/// Where an external metric comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalEntry {
+    pub series: String,
+    /// Index of the external rule that named it.
+    pub rule: usize,
+}
+
+/// A snapshot of discovered metrics, keyed by (group-resource, API metric name), and external
+/// metrics keyed by name.
 #[derive(Debug, Clone, Default)]
 pub struct Discovery {
     metrics: BTreeMap<(String, String), MetricEntry>,
+    external: BTreeMap<String, ExternalEntry>,
+    /// The rules the entries' indexes point into.
+    pub rules: Arc<RuleSet>,
     /// When the series behind this snapshot were listed; None before the first relist.
     pub listed_at: Option<SystemTime>,
 }
@@ -64,7 +78,56 @@ impl Discovery {
         }
         Self {
             metrics,
+            external: BTreeMap::new(),
+            rules: Arc::default(),
             listed_at: Some(listed_at),
+        }
+    }
+
+    /// Adds the external metrics named by `rules` (external rules) from their series. As in
+    /// prometheus-adapter, a later rule wins a name both claim.
+    pub fn add_external<'a, I>(&mut self, rules: &[Rule], series: I)
+    where
+        I: IntoIterator<Item = (usize, &'a BTreeMap<String, String>)>,
+    {
+        for (rule_index, labels) in series {
+            let Some(rule) = rules.get(rule_index) else {
+                continue;
+            };
+            let Some(series_name) = labels.get("__name__") else {
+                continue;
+            };
+            let Some(metric) = rule.metric_name(series_name) else {
+                continue;
+            };
+            let entry = ExternalEntry {
+                series: series_name.clone(),
+                rule: rule_index,
+            };
+            match self.external.get(&metric) {
+                Some(existing) if existing.rule > rule_index => {}
+                _ => {
+                    self.external.insert(metric, entry);
+                }
+            }
+        }
+    }
+
+    pub fn external(&self, metric: &str) -> Option<&ExternalEntry> {
+        self.external.get(metric)
+    }
+
+    /// Every external metric, sorted by name.
+    pub fn external_metrics(&self) -> impl Iterator<Item = (&str, &ExternalEntry)> {
+        self.external.iter().map(|(name, entry)| (name.as_str(), entry))
+    }
+
+    /// Copies the external entries of `rules` from `previous` (their series query failed).
+    pub fn carry_over_external(&mut self, previous: &Discovery, rules: &[usize]) {
+        for (name, entry) in &previous.external {
+            if rules.contains(&entry.rule) {
+                self.external.entry(name.clone()).or_insert_with(|| entry.clone());
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use regex::Regex;
 
-pub use discovery::{Discovery, MetricEntry};
+pub use discovery::{Discovery, ExternalEntry, MetricEntry};
 
 use crate::{
     objects::{ResourceInfo, Resources},
@@ -63,6 +63,38 @@ pub struct ResourceMapping {
     pub overrides: BTreeMap<String, String>,
     /// A `<<.Resource>>`/`<<.Group>>` pattern that turns a label name into a resource and back.
     pub template: Option<String>,
+    /// External rules only: whether the request's namespace becomes a matcher (None means yes).
+    pub namespaced: Option<bool>,
+}
+
+/// Every rule of a configuration: custom metrics rules and external metrics rules.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub custom: Vec<Rule>,
+    pub external: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// Each distinct `seriesQuery` with the custom and external rules that share it, so it is
+    /// listed once per relist.
+    pub fn series_queries(&self) -> std::collections::BTreeMap<&str, (Vec<usize>, Vec<usize>)> {
+        let mut queries: std::collections::BTreeMap<&str, (Vec<usize>, Vec<usize>)> = Default::default();
+        for (index, rule) in self.custom.iter().enumerate() {
+            queries
+                .entry(rule.series_query.as_str())
+                .or_default()
+                .0
+                .push(index);
+        }
+        for (index, rule) in self.external.iter().enumerate() {
+            queries
+                .entry(rule.series_query.as_str())
+                .or_default()
+                .1
+                .push(index);
+        }
+        queries
+    }
 }
 
 /// One discovery rule.
@@ -197,10 +229,12 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
             ("pod".into(), "pod".into()),
         ]),
         template: None,
+        namespaced: None,
     };
     let any_resource = ResourceMapping {
         overrides: BTreeMap::new(),
         template: Some("<<.Resource>>".into()),
+        namespaced: None,
     };
     let is_not = |i, p| compile(i, p).map(SeriesFilter::IsNot);
     Ok(vec![
@@ -259,6 +293,39 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
             &rate,
         )?,
     ])
+}
+
+/// Renders an external rule's `metricsQuery`: the metric selector's matchers, then the namespace
+/// matcher unless the rule says `namespaced: false`; `.GroupBy` is empty, as in prometheus-adapter.
+pub fn build_external_query(
+    rule: &Rule,
+    index: usize,
+    series: &str,
+    namespace: &str,
+    metric_selector: &Selector,
+    resources: &Resources,
+) -> Result<String> {
+    let mut matchers = promql::selector_matchers(metric_selector)?;
+    if rule.resources.namespaced.unwrap_or(true) {
+        let no_label = || Error::NoLabelForResource {
+            rule: index,
+            resource: "namespaces".into(),
+        };
+        let namespaces = resources.namespaces().ok_or_else(no_label)?;
+        let label = rule
+            .label_for_resource(namespaces, resources)
+            .ok_or_else(no_label)?;
+        matchers.push(promql::matcher(&label, promql::MatchOp::Eq, namespace));
+    }
+    Ok(render(rule, series, &matchers, &[]))
+}
+
+/// Fills a rule's `metricsQuery` with the series name, label matchers and group-by labels.
+fn render(rule: &Rule, series: &str, matchers: &[String], group_by: &[String]) -> String {
+    rule.metrics_query
+        .replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", &matchers.join(","))
+        .replace("<<.GroupBy>>", &group_by.join(","))
 }
 
 /// What a request asks of one metric.
@@ -320,11 +387,7 @@ pub fn build_query(
         None => promql::matcher(&resource_label, promql::MatchOp::Ne, ""),
     });
 
-    let promql = rule
-        .metrics_query
-        .replace("<<.Series>>", series)
-        .replace("<<.LabelMatchers>>", &matchers.join(","))
-        .replace("<<.GroupBy>>", &group_by.join(","));
+    let promql = render(rule, series, &matchers, &group_by);
     Ok(Query {
         promql,
         resource_label,

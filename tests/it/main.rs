@@ -5,6 +5,7 @@ mod clients;
 mod cluster;
 mod discovery;
 mod errors;
+mod external;
 mod fake_kube;
 mod manifests;
 mod serving;

@@ -14,7 +14,7 @@ use custom_metrics_adapter::{
     app::State,
     objects::{ObjectSource, StaticObjects},
     prometheus::{Client, ClientConfig},
-    rules::default_rules,
+    rules::{RuleSet, default_rules},
     server::{self, TlsSource},
 };
 
@@ -290,6 +290,8 @@ pub struct AdapterOptions {
     /// Point the query path at another URL than the real Prometheus (discovery still comes from it).
     pub query_url: Option<String>,
     pub timeout: Option<Duration>,
+    /// Rules other than the built-in defaults.
+    pub rules: Option<RuleSet>,
 }
 
 /// An adapter served over TLS on 127.0.0.1:0 in this test's runtime.
@@ -345,7 +347,10 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
     install_crypto_provider();
     let env = env();
     let timeout = options.timeout.unwrap_or(Duration::from_secs(10));
-    let rules = default_rules("2m").expect("default rules");
+    let rules = options.rules.clone().unwrap_or_else(|| RuleSet {
+        custom: default_rules("2m").expect("default rules"),
+        external: Vec::new(),
+    });
     let objects: Option<Arc<dyn ObjectSource>> = options
         .objects_yaml
         .map(|yaml| Arc::new(StaticObjects::parse(yaml, "test objects").expect("objects")) as _);
