@@ -91,6 +91,7 @@ impl State {
                 .prometheus_client_tls_cert_file
                 .clone()
                 .zip(args.prometheus_client_tls_key_file.clone()),
+            auth_config: args.prometheus_auth_config.clone(),
             use_post: args.prometheus_verb == PrometheusVerb::Post,
             timeout: args.prometheus_timeout,
         })?;

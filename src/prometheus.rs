@@ -42,6 +42,9 @@ pub struct ClientConfig {
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// A kubeconfig whose current context says how to authenticate to Prometheus
+    /// (`--prometheus-auth-config`): token, basic auth, client certificate, CA.
+    pub auth_config: Option<PathBuf>,
     pub use_post: bool,
     pub timeout: Duration,
 }
@@ -114,6 +117,29 @@ impl Client {
             let identity = reqwest::Identity::from_pem(&pem)
                 .map_err(|err| Error::Setup(format!("client certificate {}: {err}", cert.display())))?;
             builder = builder.identity(identity);
+        }
+        if let Some(path) = &config.auth_config {
+            let auth = kubeconfig_auth(path)?;
+            if let Some(ca) = auth.ca_pem {
+                let certs = reqwest::Certificate::from_pem_bundle(&ca)
+                    .map_err(|err| Error::Setup(format!("CA in {}: {err}", path.display())))?;
+                builder = builder.tls_certs_only(certs);
+            }
+            if let Some(pem) = auth.identity_pem {
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|err| {
+                    Error::Setup(format!("client certificate in {}: {err}", path.display()))
+                })?;
+                builder = builder.identity(identity);
+            }
+            if auth.insecure {
+                builder = builder.tls_danger_accept_invalid_certs(true);
+            }
+            if let Some(mut value) = auth.authorization {
+                value.set_sensitive(true);
+                let mut headers = HeaderMap::new();
+                headers.insert(AUTHORIZATION, value);
+                builder = builder.default_headers(headers);
+            }
         }
         let http = builder.build().map_err(|err| Error::Setup(err.to_string()))?;
         Ok(Self {
@@ -218,6 +244,133 @@ impl Client {
             }
         }
     }
+}
+
+/// What a kubeconfig's current context says about reaching Prometheus.
+#[derive(Default)]
+struct KubeconfigAuth {
+    ca_pem: Option<Vec<u8>>,
+    identity_pem: Option<Vec<u8>>,
+    authorization: Option<HeaderValue>,
+    insecure: bool,
+}
+
+/// Reads the current context of a kubeconfig, as prometheus-adapter's `--prometheus-auth-config`
+/// does (the server URL still comes from `--prometheus-url`).
+fn kubeconfig_auth(path: &PathBuf) -> Result<KubeconfigAuth> {
+    use base64::Engine as _;
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "kebab-case", default)]
+    struct File {
+        current_context: String,
+        contexts: Vec<Named<Context>>,
+        clusters: Vec<Named<Cluster>>,
+        users: Vec<Named<User>>,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Named<T: Default> {
+        name: String,
+        #[serde(alias = "context", alias = "cluster", alias = "user")]
+        value: T,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Context {
+        cluster: String,
+        user: String,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "kebab-case", default)]
+    struct Cluster {
+        certificate_authority: Option<PathBuf>,
+        certificate_authority_data: Option<String>,
+        insecure_skip_tls_verify: bool,
+    }
+    #[derive(Deserialize, Default)]
+    #[serde(rename_all = "kebab-case", default)]
+    struct User {
+        token: Option<String>,
+        token_file: Option<PathBuf>,
+        username: Option<String>,
+        password: Option<String>,
+        client_certificate: Option<PathBuf>,
+        client_certificate_data: Option<String>,
+        client_key: Option<PathBuf>,
+        client_key_data: Option<String>,
+    }
+    let setup = |what: String| Error::Setup(format!("--prometheus-auth-config {}: {what}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+        path: path.clone(),
+        source,
+    })?;
+    let file: File = serde_saphyr::from_str(&text).map_err(|err| setup(err.to_string()))?;
+    let context = file
+        .contexts
+        .iter()
+        .find(|c| c.name == file.current_context)
+        .ok_or_else(|| {
+            setup(format!(
+                "no context named {:?} (current-context)",
+                file.current_context
+            ))
+        })?;
+    let cluster = file
+        .clusters
+        .iter()
+        .find(|c| c.name == context.value.cluster)
+        .map(|c| &c.value);
+    let user = file
+        .users
+        .iter()
+        .find(|u| u.name == context.value.user)
+        .map(|u| &u.value);
+    let decode = |data: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|err| setup(format!("base64: {err}")))
+    };
+    let inline_or_file = |data: &Option<String>, file: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {
+        match (data, file) {
+            (Some(data), _) => decode(data).map(Some),
+            (None, Some(file)) => read(file).map(Some),
+            (None, None) => Ok(None),
+        }
+    };
+    let mut auth = KubeconfigAuth::default();
+    if let Some(cluster) = cluster {
+        auth.ca_pem = inline_or_file(
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        )?;
+        auth.insecure = cluster.insecure_skip_tls_verify;
+    }
+    if let Some(user) = user {
+        let cert = inline_or_file(&user.client_certificate_data, &user.client_certificate)?;
+        let key = inline_or_file(&user.client_key_data, &user.client_key)?;
+        if let (Some(mut cert), Some(key)) = (cert, key) {
+            cert.push(b'\n');
+            cert.extend(key);
+            auth.identity_pem = Some(cert);
+        }
+        let token = match (&user.token, &user.token_file) {
+            (Some(token), _) => Some(token.trim().to_owned()),
+            (None, Some(file)) => Some(String::from_utf8_lossy(&read(file)?).trim().to_owned()),
+            (None, None) => None,
+        };
+        let authorization = match (token, &user.username, &user.password) {
+            (Some(token), _, _) => Some(format!("Bearer {token}")),
+            (None, Some(name), Some(password)) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"))
+            )),
+            _ => None,
+        };
+        if let Some(value) = authorization {
+            auth.authorization = Some(HeaderValue::try_from(value).map_err(|err| setup(err.to_string()))?);
+        }
+    }
+    Ok(auth)
 }
 
 /// `error sending request: client error (Connect): tcp connect error: Connection refused`: the
@@ -334,6 +487,28 @@ mod tests {
     }
 
     #[test]
+    fn kubeconfig_auth_reads_the_current_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prometheus.kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: prom\ncontexts:\n- name: other\n  context: {cluster: c, user: nobody}\n\
+             - name: prom\n  context: {cluster: c, user: reader}\nclusters:\n- name: c\n  cluster: {server: 'https://ignored', insecure-skip-tls-verify: true}\n\
+             users:\n- name: nobody\n  user: {token: wrong}\n- name: reader\n  user: {username: alice, password: secret}\n",
+        )
+        .unwrap();
+        let auth = kubeconfig_auth(&path).unwrap();
+        assert_eq!(
+            auth.authorization.unwrap().to_str().unwrap(),
+            "Basic YWxpY2U6c2VjcmV0"
+        );
+        assert!(auth.insecure);
+        assert!(auth.ca_pem.is_none() && auth.identity_pem.is_none());
+        std::fs::write(&path, "current-context: missing\n").unwrap();
+        assert!(kubeconfig_auth(&path).is_err());
+    }
+
+    #[test]
     fn url_path_prefix_is_kept() {
         let config = ClientConfig {
             url: "http://thanos:9090/prometheus/".into(),
@@ -341,6 +516,7 @@ mod tests {
             token_file: None,
             ca_file: None,
             client_cert: None,
+            auth_config: None,
             use_post: false,
             timeout: Duration::from_secs(1),
         };

@@ -334,6 +334,7 @@ pub fn client_config(url: &str, timeout: Duration) -> ClientConfig {
         token_file: None,
         ca_file: None,
         client_cert: None,
+        auth_config: None,
         use_post: false,
         timeout,
     }

@@ -1,0 +1,622 @@
+//! prometheus-adapter's configuration file (`--config`): `rules`, `externalRules` and `resourceRules`,
+//! with its field names and defaults, read strictly.
+//!
+//! prometheus-adapter reads the file with `yaml.UnmarshalStrict`, so an unknown or repeated key is a
+//! start-up error; so it is here, and every error names the file, the line (and column when the YAML
+//! parser knows it) and the key. On top of what prometheus-adapter checks when it starts (regexes,
+//! `is`/`isNot`, `as` defaults, template syntax, `.Resource` in resource templates), this module
+//! renders every query template for a sample request, so that a typo such as `<<.Seires>>` or an
+//! empty query fails at start-up instead of on every request, and it checks that `seriesQuery` is set,
+//! that override labels are Prometheus label names and that `window` is a Prometheus duration.
+//!
+//! A YAML null (`rules:` with nothing after it, as Helm charts render an empty list) reads as the
+//! empty value, as Go's YAML decoder does.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use regex::Regex;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{
+    ResourceMapping, Rule, SeriesFilter,
+    template::{self, Template, Value},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the metrics discovery config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{origin}:{}: {message}", position(*.line, *.column))]
+    Yaml {
+        origin: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+    #[error("{origin}:{line}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        line: u64,
+        /// The key, as a path: `rules[2].name.matches`.
+        field: String,
+        message: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn position(line: u64, column: u64) -> String {
+    match (line, column) {
+        (0, _) => "?".into(),
+        (line, 0) => line.to_string(),
+        (line, column) => format!("{line}:{column}"),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub rules: Vec<DiscoveryRule>,
+    pub external_rules: Vec<DiscoveryRule>,
+    pub resource_rules: Option<ResourceRules>,
+    /// Where the configuration came from, for messages.
+    pub origin: String,
+}
+
+/// One entry of `rules` or `externalRules`.
+#[derive(Debug, Clone)]
+pub struct DiscoveryRule {
+    pub series_query: String,
+    pub series_filters: Vec<RegexFilter>,
+    pub resources: Resources,
+    pub name: NameMapping,
+    pub metrics_query: Template,
+    /// The line the rule starts on.
+    pub line: u64,
+}
+
+/// An entry of `seriesFilters`: exactly one of `is` and `isNot`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegexFilter {
+    Is(String),
+    IsNot(String),
+}
+
+/// `resources` of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    /// Label name → group-resource.
+    pub overrides: BTreeMap<String, GroupResource>,
+    /// The label template, normalized to the spellings `<<.Resource>>` and `<<.Group>>`.
+    pub template: Option<String>,
+    /// Whether external queries get the namespace matcher from the request path (default true).
+    pub namespaced: bool,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            overrides: BTreeMap::new(),
+            template: None,
+            namespaced: true,
+        }
+    }
+}
+
+impl Resources {
+    /// The mapping as the rule engine uses it: overrides as `resource` or `resource.group`.
+    pub fn mapping(&self) -> ResourceMapping {
+        ResourceMapping {
+            overrides: self
+                .overrides
+                .iter()
+                .map(|(label, gr)| (label.clone(), gr.to_string()))
+                .collect(),
+            template: self.template.clone(),
+        }
+    }
+}
+
+/// A Kubernetes group-resource as the config writes it; the resource may be singular or plural.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupResource {
+    pub group: String,
+    pub resource: String,
+}
+
+impl std::fmt::Display for GroupResource {
+    /// `resource` for the core group, `resource.group` otherwise, as `Resources::resolve` reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group.is_empty() {
+            f.write_str(&self.resource)
+        } else {
+            write!(f, "{}.{}", self.resource, self.group)
+        }
+    }
+}
+
+/// `name` of a rule, as written; empty strings take prometheus-adapter's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameMapping {
+    pub matches: String,
+    pub as_: String,
+}
+
+/// `resourceRules`: the queries behind `metrics.k8s.io`.
+#[derive(Debug, Clone)]
+pub struct ResourceRules {
+    pub cpu: ResourceRule,
+    pub memory: ResourceRule,
+    /// The window reported in NodeMetrics and PodMetrics; zero when not set, as in prometheus-adapter.
+    pub window: Duration,
+    pub line: u64,
+}
+
+/// `resourceRules.cpu` or `resourceRules.memory`.
+#[derive(Debug, Clone)]
+pub struct ResourceRule {
+    pub container_query: Template,
+    pub node_query: Template,
+    pub resources: Resources,
+    pub container_label: String,
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses and checks configuration text; `origin` names it in messages.
+pub fn parse(text: &str, origin: &str) -> Result<Config> {
+    let raw: raw::Config = serde_saphyr::from_str(text).map_err(|e| yaml_error(origin, &e))?;
+    let check = Checker { origin };
+    let rules = check.rules("rules", raw.rules, RuleKind::Custom)?;
+    let external_rules = check.rules("externalRules", raw.external_rules, RuleKind::External)?;
+    let resource_rules = raw.resource_rules.map(|r| check.resource_rules(r)).transpose()?;
+    Ok(Config {
+        rules,
+        external_rules,
+        resource_rules,
+        origin: origin.to_owned(),
+    })
+}
+
+fn yaml_error(origin: &str, e: &serde_saphyr::Error) -> Error {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let plain = e.render_with_options(serde_saphyr::render_options! {
+        snippets: serde_saphyr::SnippetMode::Off,
+    });
+    // The plain rendering ends with the location, which the message gives in front instead.
+    let suffix = format!(" at line {line}, column {column}");
+    let message = plain.strip_suffix(&suffix).unwrap_or(&plain).to_owned();
+    Error::Yaml {
+        origin: origin.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+impl Config {
+    /// The `rules` as discovery rules of the rule engine.
+    pub fn custom_rules(&self) -> Result<Vec<Rule>> {
+        self.compile("rules", &self.rules)
+    }
+
+    /// The `externalRules` as discovery rules of the rule engine, in order; each one's
+    /// `resources.namespaced` is in the matching [`DiscoveryRule`].
+    pub fn external_metric_rules(&self) -> Result<Vec<Rule>> {
+        self.compile("externalRules", &self.external_rules)
+    }
+
+    fn compile(&self, list: &str, rules: &[DiscoveryRule]) -> Result<Vec<Rule>> {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                rule.to_rule(i).map_err(|e| Error::Invalid {
+                    origin: self.origin.clone(),
+                    line: rule.line,
+                    field: format!("{list}[{i}]"),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl DiscoveryRule {
+    /// Builds the rule engine's rule; `index` names the rule in its messages.
+    pub fn to_rule(&self, index: usize) -> super::Result<Rule> {
+        let filters = self
+            .series_filters
+            .iter()
+            .map(|filter| {
+                let (pattern, is) = match filter {
+                    RegexFilter::Is(p) => (p, true),
+                    RegexFilter::IsNot(p) => (p, false),
+                };
+                let re = Regex::new(pattern).map_err(|source| super::Error::Regex {
+                    rule: index,
+                    pattern: pattern.clone(),
+                    source: Box::new(source),
+                })?;
+                Ok(if is { SeriesFilter::Is(re) } else { SeriesFilter::IsNot(re) })
+            })
+            .collect::<super::Result<Vec<_>>>()?;
+        Rule::new(
+            index,
+            &self.series_query,
+            filters,
+            Some(&self.name.matches),
+            Some(&self.name.as_),
+            self.resources.mapping(),
+            self.metrics_query.source(),
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RuleKind {
+    Custom,
+    External,
+}
+
+/// Turns the raw YAML into checked values, with the file and line in every error.
+struct Checker<'a> {
+    origin: &'a str,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, line: u64, field: &str, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            origin: self.origin.to_owned(),
+            line,
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn rules(&self, list: &str, raw: Option<Vec<Spanned<raw::Rule>>>, kind: RuleKind) -> Result<Vec<DiscoveryRule>> {
+        raw.unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, rule)| self.rule(&format!("{list}[{i}]"), i, rule, kind))
+            .collect()
+    }
+
+    fn rule(&self, path: &str, index: usize, spanned: Spanned<raw::Rule>, kind: RuleKind) -> Result<DiscoveryRule> {
+        let line = spanned.referenced.line();
+        let raw = spanned.value;
+        let series_query = match raw.series_query {
+            Some(q) if !q.value.trim().is_empty() => q.value,
+            q => {
+                let line = q.map_or(line, |q| q.referenced.line());
+                return Err(self.invalid(line, &format!("{path}.seriesQuery"), "must be set to a series selector"));
+            }
+        };
+        let mut series_filters = Vec::new();
+        for (i, filter) in raw.series_filters.unwrap_or_default().into_iter().enumerate() {
+            let field = format!("{path}.seriesFilters[{i}]");
+            let line = filter.referenced.line();
+            let filter = match (nonempty(filter.value.is), nonempty(filter.value.is_not)) {
+                (Some(is), None) => RegexFilter::Is(is),
+                (None, Some(is_not)) => RegexFilter::IsNot(is_not),
+                (Some(is), Some(is_not)) => {
+                    let message = format!("has both `is` ({is:?}) and `isNot` ({is_not:?}); a filter takes exactly one");
+                    return Err(self.invalid(line, &field, message));
+                }
+                (None, None) => return Err(self.invalid(line, &field, "needs an `is` or an `isNot` regular expression")),
+            };
+            let (RegexFilter::Is(pattern) | RegexFilter::IsNot(pattern)) = &filter;
+            self.regex(line, &field, pattern)?;
+            series_filters.push(filter);
+        }
+        let name = match raw.name {
+            Some(name) => {
+                let matches = match name.value.matches {
+                    Some(m) => {
+                        self.regex(m.referenced.line(), &format!("{path}.name.matches"), &m.value)?;
+                        m.value
+                    }
+                    None => String::new(),
+                };
+                NameMapping {
+                    matches,
+                    as_: name.value.as_.unwrap_or_default(),
+                }
+            }
+            None => NameMapping::default(),
+        };
+        let resources = self.resources(&format!("{path}.resources"), raw.resources)?;
+        let sample = sample_request(kind, resources.namespaced);
+        let metrics_query = self.query(line, &format!("{path}.metricsQuery"), raw.metrics_query, &sample)?;
+        let rule = DiscoveryRule {
+            series_query,
+            series_filters,
+            resources,
+            name,
+            metrics_query,
+            line,
+        };
+        // What remains for the rule engine to reject is an `as` that cannot default.
+        rule.to_rule(index).map_err(|e| self.invalid(line, path, e.to_string()))?;
+        Ok(rule)
+    }
+
+    fn regex(&self, line: u64, field: &str, pattern: &str) -> Result<()> {
+        Regex::new(pattern)
+            .map(drop)
+            .map_err(|e| self.invalid(line, field, format!("invalid regular expression {pattern:?}: {e}")))
+    }
+
+    fn resources(&self, path: &str, raw: Option<Spanned<raw::Resources>>) -> Result<Resources> {
+        let Some(raw) = raw else {
+            return Ok(Resources::default());
+        };
+        let line = raw.referenced.line();
+        let raw = raw.value;
+        let mut overrides = BTreeMap::new();
+        for (label, gr) in raw.overrides.unwrap_or_default() {
+            let field = format!("{path}.overrides.{label}");
+            let line = gr.referenced.line();
+            if !is_label_name(&label) {
+                let message = "is not a Prometheus label name (letters, digits and '_', not starting with a digit)";
+                return Err(self.invalid(line, &field, message));
+            }
+            let resource = gr.value.resource.unwrap_or_default();
+            if resource.is_empty() {
+                return Err(self.invalid(line, &field, "needs a `resource`"));
+            }
+            let group = gr.value.group.unwrap_or_default();
+            overrides.insert(label, GroupResource { group, resource });
+        }
+        let template = match raw.template {
+            Some(t) if !t.value.is_empty() => Some(self.resource_template(t.referenced.line(), path, &t.value)?),
+            _ => None,
+        };
+        let _ = line;
+        Ok(Resources {
+            overrides,
+            template,
+            namespaced: raw.namespaced.unwrap_or(true),
+        })
+    }
+
+    /// Checks a label template and normalizes it by executing it with the placeholders themselves,
+    /// which is also how prometheus-adapter turns it into a regex.
+    fn resource_template(&self, line: u64, path: &str, text: &str) -> Result<String> {
+        let field = format!("{path}.template");
+        let parsed = Template::parse(text).map_err(|e| self.invalid(line, &field, e.to_string()))?;
+        let placeholders = Value::Struct(vec![
+            ("Group".into(), "<<.Group>>".into()),
+            ("Resource".into(), "<<.Resource>>".into()),
+        ]);
+        let normalized = parsed
+            .render(&placeholders)
+            .map_err(|e| self.invalid(line, &field, e.to_string()))?;
+        if !normalized.contains("<<.Resource>>") {
+            return Err(self.invalid(line, &field, format!("{text:?} must contain <<.Resource>>")));
+        }
+        Ok(normalized)
+    }
+
+    /// Parses a query template and renders it for a sample request.
+    fn query(&self, line: u64, field: &str, raw: Option<Spanned<String>>, sample: &Sample) -> Result<Template> {
+        let (line, text) = raw.map_or((line, String::new()), |q| (q.referenced.line(), q.value));
+        if text.trim().is_empty() {
+            return Err(self.invalid(line, field, "must be set to a query template"));
+        }
+        let parsed = Template::parse(&text).map_err(|e| self.invalid(line, field, e.to_string()))?;
+        template::render_metrics_query(
+            &parsed,
+            "sample_metric",
+            &sample.matchers,
+            &sample.group_by,
+            &sample.values,
+        )
+        .map_err(|e| self.invalid(line, field, format!("{e} (for a sample request)")))?;
+        Ok(parsed)
+    }
+
+    fn resource_rules(&self, spanned: Spanned<raw::ResourceRules>) -> Result<ResourceRules> {
+        let line = spanned.referenced.line();
+        let raw = spanned.value;
+        let window = match raw.window {
+            Some(w) => parse_duration(&w.value).ok_or_else(|| {
+                let message = format!("{:?} is not a Prometheus duration such as 5m or 1h30m", w.value);
+                self.invalid(w.referenced.line(), "resourceRules.window", message)
+            })?,
+            None => Duration::ZERO,
+        };
+        let mut rule = |name: &str, raw: Option<Spanned<raw::ResourceRule>>| {
+            let path = format!("resourceRules.{name}");
+            let raw = raw.ok_or_else(|| self.invalid(line, &path, "is missing; resource metrics need both cpu and memory"))?;
+            let line = raw.referenced.line();
+            let raw = raw.value;
+            let resources = self.resources(&format!("{path}.resources"), raw.resources)?;
+            let container_label = raw.container_label.unwrap_or_default();
+            let container = Sample::container(&container_label);
+            let container_query = self.query(line, &format!("{path}.containerQuery"), raw.container_query, &container)?;
+            let node_query = self.query(line, &format!("{path}.nodeQuery"), raw.node_query, &Sample::node())?;
+            Ok::<_, Error>(ResourceRule {
+                container_query,
+                node_query,
+                resources,
+                container_label,
+            })
+        };
+        let cpu = rule("cpu", raw.cpu)?;
+        let memory = rule("memory", raw.memory)?;
+        Ok(ResourceRules {
+            cpu,
+            memory,
+            window,
+            line,
+        })
+    }
+}
+
+fn nonempty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+/// Template data for a made-up request, to find templates that fail or render nothing.
+struct Sample {
+    matchers: Vec<String>,
+    group_by: Vec<String>,
+    values: BTreeMap<String, Vec<String>>,
+}
+
+impl Sample {
+    fn new(pairs: &[(&str, &str)], group_by: &[&str]) -> Self {
+        Self {
+            matchers: pairs.iter().map(|(l, v)| format!("{l}=\"{v}\"")).collect(),
+            group_by: group_by.iter().map(|s| (*s).to_owned()).collect(),
+            values: pairs
+                .iter()
+                .map(|(l, v)| ((*l).to_owned(), vec![(*v).to_owned()]))
+                .collect(),
+        }
+    }
+
+    fn container(container_label: &str) -> Self {
+        Self::new(&[("namespace", "default"), ("pod", "sample")], &["pod", container_label])
+    }
+
+    fn node() -> Self {
+        Self::new(&[("node", "sample")], &["node"])
+    }
+}
+
+/// A custom request names objects and groups by their label; an external one has no group-by and
+/// carries the namespace only when the rule is namespaced.
+fn sample_request(kind: RuleKind, namespaced: bool) -> Sample {
+    match (kind, namespaced) {
+        (RuleKind::Custom, _) => Sample::new(&[("namespace", "default"), ("pod", "sample")], &["pod"]),
+        (RuleKind::External, true) => Sample::new(&[("namespace", "default")], &[]),
+        (RuleKind::External, false) => Sample::new(&[], &[]),
+    }
+}
+
+/// Whether `s` is a classic Prometheus label name, `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn is_label_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Prometheus's duration syntax (`model.ParseDuration`): units y, w, d, h, m, s, ms in that order,
+/// each at most once, or `0`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    const UNITS: [(&str, u64); 7] = [
+        ("y", 365 * 24 * 3600 * 1000),
+        ("w", 7 * 24 * 3600 * 1000),
+        ("d", 24 * 3600 * 1000),
+        ("h", 3600 * 1000),
+        ("ms", 1),
+        ("m", 60 * 1000),
+        ("s", 1000),
+    ];
+    // The order units must appear in; "ms" is listed before "m" only so that it matches first.
+    const ORDER: [&str; 7] = ["y", "w", "d", "h", "m", "s", "ms"];
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut millis: u64 = 0;
+    let mut last = None;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, factor) = UNITS.iter().find(|(u, _)| rest.starts_with(u))?;
+        let rank = ORDER.iter().position(|u| u == unit)?;
+        if last.is_some_and(|l| l >= rank) {
+            return None;
+        }
+        last = Some(rank);
+        millis = millis.checked_add(number.checked_mul(*factor)?)?;
+        rest = &rest[unit.len()..];
+    }
+    last.map(|_| Duration::from_millis(millis))
+}
+
+/// The file as YAML, with prometheus-adapter's keys. Optional everywhere so that a YAML null reads
+/// as the empty value; `Spanned` where a later check needs the line.
+mod raw {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+    use serde_saphyr::Spanned;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct Config {
+        pub rules: Option<Vec<Spanned<Rule>>>,
+        pub external_rules: Option<Vec<Spanned<Rule>>>,
+        pub resource_rules: Option<Spanned<ResourceRules>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct Rule {
+        pub series_query: Option<Spanned<String>>,
+        pub series_filters: Option<Vec<Spanned<Filter>>>,
+        pub resources: Option<Spanned<Resources>>,
+        pub name: Option<Spanned<Name>>,
+        pub metrics_query: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct Filter {
+        pub is: Option<String>,
+        pub is_not: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct Resources {
+        pub overrides: Option<BTreeMap<String, Spanned<GroupResource>>>,
+        pub template: Option<Spanned<String>>,
+        pub namespaced: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct GroupResource {
+        pub group: Option<String>,
+        pub resource: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct Name {
+        pub matches: Option<Spanned<String>>,
+        #[serde(rename = "as")]
+        pub as_: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct ResourceRules {
+        pub cpu: Option<Spanned<ResourceRule>>,
+        pub memory: Option<Spanned<ResourceRule>>,
+        pub window: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub(super) struct ResourceRule {
+        pub container_query: Option<Spanned<String>>,
+        pub node_query: Option<Spanned<String>>,
+        pub resources: Option<Spanned<Resources>>,
+        pub container_label: Option<String>,
+    }
+}
