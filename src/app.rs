@@ -152,12 +152,12 @@ impl State {
         let custom_pairs = fetched.iter().flat_map(|(custom, _, series)| {
             custom
                 .iter()
-                .flat_map(move |i| series.iter().map(move |s| (*i, s)))
+                .flat_map(move |i| series.shapes.iter().map(move |s| (*i, s)))
         });
         let external_pairs = fetched.iter().flat_map(|(_, external, series)| {
             external
                 .iter()
-                .flat_map(move |i| series.iter().map(move |s| (*i, s)))
+                .flat_map(move |i| series.shapes.iter().map(move |s| (*i, s)))
         });
         let resources = self.resources.load_full();
         let mut discovery = Discovery::build(&rules.custom, custom_pairs, &resources, end);

@@ -176,12 +176,7 @@ impl Client {
     }
 
     /// Lists the label sets of series matching `selector` with samples in `[start, end]`.
-    pub async fn series(
-        &self,
-        selector: &str,
-        start: SystemTime,
-        end: SystemTime,
-    ) -> Result<Vec<BTreeMap<String, String>>> {
+    pub async fn series(&self, selector: &str, start: SystemTime, end: SystemTime) -> Result<SeriesList> {
         let params = [
             ("match[]", selector.to_owned()),
             ("start", format_time(start)),
@@ -243,6 +238,80 @@ impl Client {
                 reason: error_chain(&err.without_url()),
             }
         }
+    }
+}
+
+/// The distinct shapes (series name and label names) of a series listing. Label values are never
+/// kept: naming and resource association need only names, and prometheus-adapter's habit of
+/// holding every label set is what makes its memory grow with the number of series.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeriesList {
+    pub shapes: Vec<SeriesShape>,
+    /// How many series Prometheus listed.
+    pub series: usize,
+}
+
+/// A series name and its label names (sorted, without `__name__`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesShape {
+    pub name: String,
+    pub labels: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for SeriesList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> serde::de::Visitor<'de> for ListVisitor {
+            type Value = SeriesList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of label sets")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<SeriesList, A::Error> {
+                let mut shapes = std::collections::HashSet::new();
+                let mut series = 0;
+                while let Some(shape) = seq.next_element::<Option<SeriesShape>>()? {
+                    series += 1;
+                    shapes.extend(shape);
+                }
+                let mut shapes: Vec<SeriesShape> = shapes.into_iter().collect();
+                shapes.sort();
+                Ok(SeriesList { shapes, series })
+            }
+        }
+        deserializer.deserialize_seq(ListVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for SeriesShape {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+            type Value = SeriesShape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a label set")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<SeriesShape, A::Error> {
+                let mut name = String::new();
+                let mut labels = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "__name__" {
+                        name = map.next_value()?;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        labels.push(key);
+                    }
+                }
+                labels.sort();
+                Ok(SeriesShape { name, labels })
+            }
+        }
+        deserializer.deserialize_map(ShapeVisitor)
     }
 }
 
@@ -478,6 +547,28 @@ mod tests {
         let env: Envelope<QueryData> = serde_json::from_str(body).unwrap();
         assert_eq!(env.error_type.as_deref(), Some("bad_data"));
         assert!(env.data.is_none());
+    }
+
+    #[test]
+    fn series_listings_keep_only_distinct_shapes() {
+        let body = r#"{"status":"success","data":[
+            {"__name__":"http_requests_total","namespace":"a","pod":"p1"},
+            {"__name__":"http_requests_total","pod":"p2","namespace":"b"},
+            {"__name__":"queue_depth","namespace":"a"}]}"#;
+        let env: Envelope<SeriesList> = serde_json::from_str(body).unwrap();
+        let list = env.data.unwrap();
+        assert_eq!(list.series, 3);
+        let shape = |name: &str, labels: &[&str]| SeriesShape {
+            name: name.into(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        assert_eq!(
+            list.shapes,
+            [
+                shape("http_requests_total", &["namespace", "pod"]),
+                shape("queue_depth", &["namespace"])
+            ]
+        );
     }
 
     #[test]

@@ -15,7 +15,6 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use regex::Regex;
-use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
@@ -69,7 +68,7 @@ pub struct Config {
 pub struct DiscoveryRule {
     pub series_query: String,
     pub series_filters: Vec<RegexFilter>,
-    pub resources: Resources,
+    pub resources: ResourcesConfig,
     pub name: NameMapping,
     pub metrics_query: Template,
     /// The line the rule starts on.
@@ -85,7 +84,7 @@ pub enum RegexFilter {
 
 /// `resources` of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resources {
+pub struct ResourcesConfig {
     /// Label name → group-resource.
     pub overrides: BTreeMap<String, GroupResource>,
     /// The label template, normalized to the spellings `<<.Resource>>` and `<<.Group>>`.
@@ -94,7 +93,7 @@ pub struct Resources {
     pub namespaced: bool,
 }
 
-impl Default for Resources {
+impl Default for ResourcesConfig {
     fn default() -> Self {
         Self {
             overrides: BTreeMap::new(),
@@ -104,7 +103,7 @@ impl Default for Resources {
     }
 }
 
-impl Resources {
+impl ResourcesConfig {
     /// The mapping as the rule engine uses it: overrides as `resource` or `resource.group`.
     pub fn mapping(&self) -> ResourceMapping {
         ResourceMapping {
@@ -158,7 +157,7 @@ pub struct ResourceRules {
 pub struct ResourceRule {
     pub container_query: Template,
     pub node_query: Template,
-    pub resources: Resources,
+    pub resources: ResourcesConfig,
     pub container_label: String,
 }
 
@@ -317,6 +316,7 @@ impl Checker<'_> {
             self.regex(line, &field, pattern)?;
             series_filters.push(filter);
         }
+        let name_line = raw.name.as_ref().map_or(line, |n| n.referenced.line());
         let name = match raw.name {
             Some(name) => {
                 let matches = match name.value.matches {
@@ -345,7 +345,8 @@ impl Checker<'_> {
             line,
         };
         // What remains for the rule engine to reject is an `as` that cannot default.
-        rule.to_rule(index).map_err(|e| self.invalid(line, path, e.to_string()))?;
+        rule.to_rule(index)
+            .map_err(|e| self.invalid(name_line, &format!("{path}.name.as"), e.to_string()))?;
         Ok(rule)
     }
 
@@ -355,11 +356,10 @@ impl Checker<'_> {
             .map_err(|e| self.invalid(line, field, format!("invalid regular expression {pattern:?}: {e}")))
     }
 
-    fn resources(&self, path: &str, raw: Option<Spanned<raw::Resources>>) -> Result<Resources> {
+    fn resources(&self, path: &str, raw: Option<Spanned<raw::Resources>>) -> Result<ResourcesConfig> {
         let Some(raw) = raw else {
-            return Ok(Resources::default());
+            return Ok(ResourcesConfig::default());
         };
-        let line = raw.referenced.line();
         let raw = raw.value;
         let mut overrides = BTreeMap::new();
         for (label, gr) in raw.overrides.unwrap_or_default() {
@@ -380,8 +380,7 @@ impl Checker<'_> {
             Some(t) if !t.value.is_empty() => Some(self.resource_template(t.referenced.line(), path, &t.value)?),
             _ => None,
         };
-        let _ = line;
-        Ok(Resources {
+        Ok(ResourcesConfig {
             overrides,
             template,
             namespaced: raw.namespaced.unwrap_or(true),
@@ -618,5 +617,370 @@ mod raw {
         pub node_query: Option<Spanned<String>>,
         pub resources: Option<Spanned<Resources>>,
         pub container_label: Option<String>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::default_rules;
+
+    fn err(text: &str) -> String {
+        parse(text, "adapter.yaml").unwrap_err().to_string()
+    }
+
+    /// docs/config-walkthrough.md, final form.
+    const WALKTHROUGH: &str = r#"rules:
+- seriesQuery: 'http_requests_total{kubernetes_namespace!="",kubernetes_pod_name!=""}'
+  resources:
+    overrides:
+      kubernetes_namespace: {resource: "namespace"}
+      kubernetes_pod_name: {resource: "pod"}
+  name:
+    matches: "^(.*)_total"
+    as: "${1}_per_second"
+  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)'
+"#;
+
+    #[test]
+    fn config_walkthrough() {
+        let config = parse(WALKTHROUGH, "adapter.yaml").unwrap();
+        assert_eq!(config.rules.len(), 1);
+        assert!(config.external_rules.is_empty() && config.resource_rules.is_none());
+        let rule = &config.rules[0];
+        assert_eq!(rule.line, 2);
+        assert_eq!(
+            rule.series_query,
+            r#"http_requests_total{kubernetes_namespace!="",kubernetes_pod_name!=""}"#
+        );
+        assert_eq!(
+            rule.resources.overrides["kubernetes_pod_name"],
+            GroupResource {
+                group: String::new(),
+                resource: "pod".into()
+            }
+        );
+        let rules = config.custom_rules().unwrap();
+        assert_eq!(
+            rules[0].metric_name("http_requests_total").as_deref(),
+            Some("http_requests_per_second")
+        );
+        assert_eq!(rules[0].metric_name("http_requests"), None);
+        assert_eq!(rules[0].resources.overrides["kubernetes_namespace"], "namespace");
+        let query = template::render_metrics_query(
+            &rule.metrics_query,
+            "http_requests_total",
+            &[
+                r#"kubernetes_namespace="somens""#.to_owned(),
+                r#"kubernetes_pod_name=~"pod1|pod2""#.to_owned(),
+            ],
+            &["kubernetes_pod_name".to_owned()],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            query,
+            r#"sum(rate(http_requests_total{kubernetes_namespace="somens",kubernetes_pod_name=~"pod1|pod2"}[2m])) by (kubernetes_pod_name)"#
+        );
+    }
+
+    /// prometheus-adapter's config-gen output with `--rate-interval=2m`.
+    const DEFAULTS: &str = r#"rules:
+- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
+  seriesFilters: []
+  resources:
+    overrides:
+      namespace:
+        resource: namespace
+      pod:
+        resource: pod
+  name:
+    matches: ^container_(.*)_seconds_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[2m])) by (<<.GroupBy>>)
+- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
+  seriesFilters:
+  - isNot: ^container_.*_seconds_total$
+  resources:
+    overrides:
+      namespace:
+        resource: namespace
+      pod:
+        resource: pod
+  name:
+    matches: ^container_(.*)_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[2m])) by (<<.GroupBy>>)
+- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
+  seriesFilters:
+  - isNot: ^container_.*_total$
+  resources:
+    overrides:
+      namespace:
+        resource: namespace
+      pod:
+        resource: pod
+  name:
+    matches: ^container_(.*)$
+    as: ""
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>,container!="POD"}) by (<<.GroupBy>>)
+- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
+  seriesFilters:
+  - isNot: .*_total$
+  resources:
+    template: <<.Resource>>
+  name:
+    matches: ""
+    as: ""
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
+  seriesFilters:
+  - isNot: .*_seconds_total
+  resources:
+    template: <<.Resource>>
+  name:
+    matches: ^(.*)_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
+  seriesFilters: []
+  resources:
+    template: <<.Resource>>
+  name:
+    matches: ^(.*)_seconds_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+"#;
+
+    #[test]
+    fn the_six_default_rules_match_the_built_in_ones() {
+        let config = parse(DEFAULTS, "defaults.yaml").unwrap();
+        let ours = config.custom_rules().unwrap();
+        let builtin = default_rules("2m").unwrap();
+        assert_eq!(ours.len(), builtin.len());
+        let series = [
+            "http_requests_total",
+            "process_cpu_seconds_total",
+            "queue_depth",
+            "container_cpu_usage_seconds_total",
+            "container_network_receive_bytes_total",
+            "container_memory_usage_bytes",
+        ];
+        for (i, (a, b)) in ours.iter().zip(&builtin).enumerate() {
+            assert_eq!(a.series_query, b.series_query, "rule {i}");
+            assert_eq!(a.metrics_query, b.metrics_query, "rule {i}");
+            assert_eq!(a.name_as, b.name_as, "rule {i}");
+            assert_eq!(a.resources.overrides, b.resources.overrides, "rule {i}");
+            assert_eq!(a.resources.template, b.resources.template, "rule {i}");
+            for s in series {
+                assert_eq!(a.metric_name(s), b.metric_name(s), "rule {i}, series {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn external_rule_not_namespaced() {
+        let text = r#"
+externalRules:
+- seriesQuery: '{__name__="queue_consumer_lag",name!=""}'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (name)
+  resources:
+    overrides: { namespace: {resource: "namespace"} }
+- seriesQuery: '{__name__="queue_depth",name!=""}'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (name)
+  resources:
+    namespaced: false
+"#;
+        let config = parse(text, "adapter.yaml").unwrap();
+        assert!(config.rules.is_empty());
+        let [lag, depth] = &config.external_rules[..] else {
+            panic!("two external rules expected");
+        };
+        assert!(lag.resources.namespaced);
+        assert!(!depth.resources.namespaced);
+        assert_eq!(depth.line, 7);
+        let rules = config.external_metric_rules().unwrap();
+        assert_eq!(rules[1].metric_name("queue_depth").as_deref(), Some("queue_depth"));
+        let query = template::render_metrics_query(
+            &depth.metrics_query,
+            "queue_depth",
+            &[r#"name="my-sample-queue""#.to_owned()],
+            &[],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(query, r#"sum(queue_depth{name="my-sample-queue"}) by (name)"#);
+    }
+
+    /// deploy/manifests/config-map.yaml, quoted keys and block scalars included.
+    const RESOURCE_RULES: &str = r#""resourceRules":
+  "cpu":
+    "containerLabel": "container"
+    "containerQuery": |
+      sum by (<<.GroupBy>>) (
+        irate (
+            container_cpu_usage_seconds_total{<<.LabelMatchers>>,container!="",pod!=""}[4m]
+        )
+      )
+    "nodeQuery": |
+      sum by (<<.GroupBy>>) (
+        irate(
+            node_cpu_usage_seconds_total{<<.LabelMatchers>>}[4m]
+        )
+      )
+    "resources":
+      "overrides":
+        "namespace":
+          "resource": "namespace"
+        "node":
+          "resource": "node"
+        "pod":
+          "resource": "pod"
+  "memory":
+    "containerLabel": "container"
+    "containerQuery": |
+      sum by (<<.GroupBy>>) (
+        container_memory_working_set_bytes{<<.LabelMatchers>>,container!="",pod!=""}
+      )
+    "nodeQuery": |
+      sum by (<<.GroupBy>>) (
+        node_memory_working_set_bytes{<<.LabelMatchers>>}
+      )
+    "resources":
+      "overrides":
+        "node":
+          "resource": "node"
+        "namespace":
+          "resource": "namespace"
+        "pod":
+          "resource": "pod"
+  "window": "5m"
+"#;
+
+    #[test]
+    fn resource_rules_from_the_shipped_manifest() {
+        let config = parse(RESOURCE_RULES, "config.yaml").unwrap();
+        let rr = config.resource_rules.unwrap();
+        assert_eq!(rr.window, Duration::from_secs(300));
+        assert_eq!(rr.cpu.container_label, "container");
+        assert_eq!(rr.memory.resources.mapping().overrides["node"], "node");
+        let query = template::render_metrics_query(
+            &rr.memory.container_query,
+            "",
+            &[r#"namespace="ns""#.to_owned(), r#"pod=~"a|b""#.to_owned()],
+            &["pod".to_owned(), "container".to_owned()],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            query,
+            "sum by (pod,container) (\n  container_memory_working_set_bytes{namespace=\"ns\",pod=~\"a|b\",container!=\"\",pod!=\"\"}\n)\n"
+        );
+        let without_memory = RESOURCE_RULES.split("  \"memory\":").next().unwrap();
+        let e = err(without_memory);
+        assert!(e.contains("adapter.yaml:2: resourceRules.memory: is missing"), "{e}");
+    }
+
+    #[test]
+    fn nulls_empty_files_and_groups() {
+        let config = parse("rules:\nexternalRules: ~\n", "adapter.yaml").unwrap();
+        assert!(config.rules.is_empty() && config.external_rules.is_empty());
+        assert!(parse("", "adapter.yaml").unwrap().rules.is_empty());
+        let text = r#"rules:
+- seriesQuery: 'kube_deployment_status_replicas'
+  resources:
+    template: "kube_<< .Group >>_<<- .Resource >>"
+    overrides:
+      exported_namespace: {resource: namespaces}
+      deployment: {group: apps, resource: deployments}
+  name: {as: "replicas"}
+  metricsQuery: 'max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+"#;
+        let config = parse(text, "adapter.yaml").unwrap();
+        let rule = &config.custom_rules().unwrap()[0];
+        assert_eq!(rule.resources.template.as_deref(), Some("kube_<<.Group>>_<<.Resource>>"));
+        assert_eq!(rule.resources.overrides["deployment"], "deployments.apps");
+        assert_eq!(rule.metric_name("kube_deployment_status_replicas").as_deref(), Some("replicas"));
+    }
+
+    #[test]
+    fn duration_syntax() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m500ms"), Some(Duration::from_millis(60_500)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("2d1w"), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("1.5m"), None);
+    }
+
+    #[test]
+    fn yaml_errors_name_file_line_and_key() {
+        let e = err("rulez: []\n");
+        assert!(e.starts_with("adapter.yaml:1:1: unknown field `rulez`"), "{e}");
+        let e = err(&WALKTHROUGH.replace("  metricsQuery:", "  seriesQeury: x\n  metricsQuery:"));
+        assert!(e.starts_with("adapter.yaml:10:3: unknown field `seriesQeury`"), "{e}");
+        let e = err(&WALKTHROUGH.replace("{resource: \"pod\"}", "{resource: \"pod\", grup: apps}"));
+        assert!(e.starts_with("adapter.yaml:6:46: unknown field `grup`"), "{e}");
+        let e = err(&WALKTHROUGH.replace("  name:", "  resources: {}\n  name:"));
+        assert!(e.starts_with("adapter.yaml:7:3: duplicate mapping key: resources"), "{e}");
+        let e = err("rules:\n- seriesQuery: x\n  resources: {namespaced: 3}\n");
+        assert!(e.starts_with("adapter.yaml:3:27: invalid boolean"), "{e}");
+        let e = err("rules: {}\n");
+        assert!(e.starts_with("adapter.yaml:1:8: "), "{e}");
+    }
+
+    #[test]
+    fn rule_errors_name_file_line_and_key() {
+        let both = WALKTHROUGH.replace("  name:", "  seriesFilters:\n  - is: a\n  - {is: a, isNot: b}\n  name:");
+        let e = err(&both);
+        assert!(
+            e.starts_with("adapter.yaml:9: rules[0].seriesFilters[1]: has both `is` (\"a\") and `isNot` (\"b\")"),
+            "{e}"
+        );
+        let e = err(&WALKTHROUGH.replace("  name:", "  seriesFilters: [{}]\n  name:"));
+        assert!(e.starts_with("adapter.yaml:7: rules[0].seriesFilters[0]: needs an `is` or an `isNot`"), "{e}");
+        let e = err(&WALKTHROUGH.replace("^(.*)_total", "^(.*_total"));
+        assert!(e.starts_with("adapter.yaml:8: rules[0].name.matches: invalid regular expression"), "{e}");
+        let e = err(&WALKTHROUGH.replace("    as: \"${1}_per_second\"\n", "").replace("^(.*)_total", "^(.*)_(total)"));
+        assert!(e.starts_with("adapter.yaml:8: rules[0].name.as: "), "{e}");
+        assert!(e.contains("capture groups"), "{e}");
+        let e = err(&WALKTHROUGH.replace("<<.LabelMatchers>>}", "<<.LabelMatchers}"));
+        assert!(e.starts_with("adapter.yaml:10: rules[0].metricsQuery: template line 1, column 38: unexpected"), "{e}");
+        let e = err(&WALKTHROUGH.replace("<<.GroupBy>>", "<<join .GroupBySlice \",\">>"));
+        assert!(e.contains("rules[0].metricsQuery") && e.contains(r#"function "join" not defined"#), "{e}");
+        let e = err(&WALKTHROUGH.replace("<<.Series>>", "<<.Seires>>"));
+        assert!(e.starts_with("adapter.yaml:10: rules[0].metricsQuery: executing template"), "{e}");
+        assert!(e.contains("can't evaluate field Seires") && e.contains("sample request"), "{e}");
+        let e = err(&WALKTHROUGH.replace("  metricsQuery: 'sum", "  metricsQuery: '<<if false>>sum").replace("'\n", "<<end>>'\n"));
+        assert!(e.contains("rules[0].metricsQuery: the template produced an empty query"), "{e}");
+        let e = err(&WALKTHROUGH.replace("  metricsQuery:", "  metricsQuery: \"\"\n  x:").replace("  x: ", "#"));
+        assert!(e.starts_with("adapter.yaml:10: rules[0].metricsQuery: must be set"), "{e}");
+        let e = err("rules:\n- metricsQuery: x\n");
+        assert!(e.starts_with("adapter.yaml:2: rules[0].seriesQuery: must be set"), "{e}");
+        let e = err(&WALKTHROUGH.replace("    overrides:", "    template: kube_<<.Group>>\n    overrides:"));
+        assert!(e.starts_with("adapter.yaml:4: rules[0].resources.template: \"kube_<<.Group>>\" must contain"), "{e}");
+        let e = err(&WALKTHROUGH.replace("kubernetes_pod_name: {", "kubernetes-pod: {"));
+        assert!(e.starts_with("adapter.yaml:6: rules[0].resources.overrides.kubernetes-pod: is not a Prometheus"), "{e}");
+        let e = err(&WALKTHROUGH.replace("{resource: \"pod\"}", "{group: apps}"));
+        assert!(e.contains("overrides.kubernetes_pod_name: needs a `resource`"), "{e}");
+        let e = err(&RESOURCE_RULES.replace("\"5m\"", "five"));
+        assert!(e.starts_with("adapter.yaml:42: resourceRules.window: \"five\" is not a Prometheus duration"), "{e}");
+        let e = err(&format!("{WALKTHROUGH}externalRules:\n- seriesQuery: x\n  metricsQuery: <<index .GroupBySlice 0>>\n"));
+        assert!(e.starts_with("adapter.yaml:13: externalRules[0].metricsQuery: executing"), "{e}");
+    }
+
+    #[test]
+    fn load_reads_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, WALKTHROUGH).unwrap();
+        assert_eq!(load(&path).unwrap().rules.len(), 1);
+        std::fs::write(&path, "rulez: []\n").unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:1:1: unknown field `rulez`", path.display())), "{e}");
+        let e = load(&dir.path().join("missing.yaml")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read the metrics discovery config"), "{e}");
     }
 }

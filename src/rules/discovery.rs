@@ -8,7 +8,10 @@ use std::{
 use std::sync::Arc;
 
 use super::{Rule, RuleSet};
-use crate::objects::{ResourceInfo, Resources};
+use crate::{
+    objects::{ResourceInfo, Resources},
+    prometheus::SeriesShape,
+};
 
 /// Where an API metric of one resource comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,20 +48,18 @@ impl Discovery {
     /// A metric claimed by several rules for the same resource goes to the first rule.
     pub fn build<'a, I>(rules: &[Rule], series: I, resources: &Resources, listed_at: SystemTime) -> Self
     where
-        I: IntoIterator<Item = (usize, &'a BTreeMap<String, String>)>,
+        I: IntoIterator<Item = (usize, &'a SeriesShape)>,
     {
         let mut metrics = BTreeMap::new();
         for (rule_index, labels) in series {
             let Some(rule) = rules.get(rule_index) else {
                 continue;
             };
-            let Some(series_name) = labels.get("__name__") else {
-                continue;
-            };
+            let series_name = &labels.name;
             let Some(metric) = rule.metric_name(series_name) else {
                 continue;
             };
-            for label in labels.keys().filter(|l| *l != "__name__") {
+            for label in &labels.labels {
                 let Some(resource) = rule.resource_for_label(label, resources) else {
                     continue;
                 };
@@ -88,15 +89,13 @@ impl Discovery {
     /// prometheus-adapter, a later rule wins a name both claim.
     pub fn add_external<'a, I>(&mut self, rules: &[Rule], series: I)
     where
-        I: IntoIterator<Item = (usize, &'a BTreeMap<String, String>)>,
+        I: IntoIterator<Item = (usize, &'a SeriesShape)>,
     {
         for (rule_index, labels) in series {
             let Some(rule) = rules.get(rule_index) else {
                 continue;
             };
-            let Some(series_name) = labels.get("__name__") else {
-                continue;
-            };
+            let series_name = &labels.name;
             let Some(metric) = rule.metric_name(series_name) else {
                 continue;
             };
@@ -198,11 +197,20 @@ mod tests {
     use super::*;
     use crate::rules::default_rules;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
+    /// The shape of a series given as label pairs (values are dropped, as the listing does).
+    fn labels(pairs: &[(&str, &str)]) -> SeriesShape {
+        let name = pairs
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+            .find(|(k, _)| *k == "__name__")
+            .map(|(_, v)| (*v).to_owned())
+            .unwrap_or_default();
+        let mut labels: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| *k != "__name__")
+            .map(|(k, _)| (*k).to_owned())
+            .collect();
+        labels.sort();
+        SeriesShape { name, labels }
     }
 
     #[test]
@@ -222,7 +230,7 @@ mod tests {
             ("namespace", "x"),
             ("pod", "p"),
         ]);
-        let series: Vec<(usize, &BTreeMap<String, String>)> = (3..6)
+        let series: Vec<(usize, &SeriesShape)> = (3..6)
             .flat_map(|i| [(i, &counter), (i, &gauge)])
             .chain((0..3).map(|i| (i, &container)))
             .collect();

@@ -412,7 +412,17 @@ fn push_text(items: &mut Vec<Item>, text: &str, pos: usize, trim_start: bool, tr
 /// Lexes one action from `p` (after the left delimiter) through the right delimiter. Returns the
 /// position after it and whether it carried a trim marker.
 fn lex_action(src: &str, open: usize, mut p: usize, items: &mut Vec<Item>) -> Result<(usize, bool)> {
-    let err = |pos: usize, message: &str| parse_error(src, open, pos, message);
+    // A lexing error shows the action up to and including the offending character.
+    let err = |pos: usize, message: &str| {
+        let mut error = parse_error(src, open, pos, message);
+        if let Error::Parse { action, .. } = &mut error
+            && pos > open
+        {
+            let end = src[pos..].chars().next().map_or(pos, |c| pos + c.len_utf8());
+            *action = action_text(&src[..end], open);
+        }
+        error
+    };
     loop {
         let rest = &src[p..];
         let trimmed = rest.trim_start_matches(SPACES);
@@ -1615,7 +1625,8 @@ mod tests {
         let e = parse_err("sum(<<.Series) by (x)");
         assert!(e.contains("unclosed action") && e.contains("column 5") && e.contains("<<.Series) by (x)"), "{e}");
         let e = parse_err("sum(<<.Series>>{<<.LabelMatchers}) by (x)");
-        assert!(e.contains("unexpected '}' in action") && e.contains("column 33"), "{e}");
+        assert!(e.contains("unexpected '}' in action") && e.contains("column 33:"), "{e}");
+        assert!(e.ends_with("(in `<<.LabelMatchers}`)"), "{e}");
         let e = parse_err("<<join .GroupBySlice \",\">>");
         assert!(e.contains(r#"function "join" not defined"#) && e.contains("column 3"), "{e}");
         let e = parse_err("x\n<<end>>");
