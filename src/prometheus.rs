@@ -198,10 +198,14 @@ impl Client {
             .await
             .map_err(|err| self.transport_error(&url, err))?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|err| self.transport_error(&url, err))?;
+        // Collected into one buffer sized from Content-Length: large series listings are not
+        // copied a second time.
+        let mut response = response;
+        let capacity = response.content_length().unwrap_or(16 * 1024).min(256 * 1024 * 1024) as usize;
+        let mut body = Vec::with_capacity(capacity);
+        while let Some(chunk) = response.chunk().await.map_err(|err| self.transport_error(&url, err))? {
+            body.extend_from_slice(&chunk);
+        }
         tracing::debug!(%url, status, elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
         let envelope: Envelope<T> = match serde_json::from_slice(&body) {
             Ok(envelope) => envelope,
@@ -266,17 +270,19 @@ impl<'de> Deserialize<'de> for SeriesList {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a list of label sets")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<SeriesList, A::Error> {
-                let mut shapes = std::collections::HashSet::new();
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<SeriesList, A::Error> {
+                // Shapes by hash; most series repeat a shape already seen, so only new ones allocate.
+                let mut known: std::collections::HashMap<u64, Vec<SeriesShape>> = Default::default();
                 let mut series = 0;
-                while let Some(shape) = seq.next_element::<Option<SeriesShape>>()? {
+                while let Some(shape) = seq.next_element::<Option<BorrowedShape<'de>>>()? {
                     series += 1;
-                    shapes.extend(shape);
+                    let Some(shape) = shape else { continue };
+                    let bucket = known.entry(shape.hash()).or_default();
+                    if !bucket.iter().any(|k| shape.is(k)) {
+                        bucket.push(shape.to_owned());
+                    }
                 }
-                let mut shapes: Vec<SeriesShape> = shapes.into_iter().collect();
+                let mut shapes: Vec<SeriesShape> = known.into_values().flatten().collect();
                 shapes.sort();
                 Ok(SeriesList { shapes, series })
             }
@@ -285,30 +291,73 @@ impl<'de> Deserialize<'de> for SeriesList {
     }
 }
 
-impl<'de> Deserialize<'de> for SeriesShape {
+/// A string that borrows from the input unless it had escapes (serde's own `Cow` always copies).
+struct Text<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> serde::de::Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// One label set of a listing, borrowing from the response body where it can.
+struct BorrowedShape<'de> {
+    name: std::borrow::Cow<'de, str>,
+    labels: Vec<std::borrow::Cow<'de, str>>,
+}
+
+impl BorrowedShape<'_> {
+    fn hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.name.hash(&mut hasher);
+        self.labels.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn is(&self, known: &SeriesShape) -> bool {
+        known.name == self.name && known.labels.len() == self.labels.len() && known.labels.iter().zip(&self.labels).all(|(a, b)| a == b)
+    }
+
+    fn to_owned(&self) -> SeriesShape {
+        SeriesShape { name: self.name.to_string(), labels: self.labels.iter().map(|l| l.to_string()).collect() }
+    }
+}
+
+impl<'de> Deserialize<'de> for BorrowedShape<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
         struct ShapeVisitor;
         impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
-            type Value = SeriesShape;
+            type Value = BorrowedShape<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a label set")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<SeriesShape, A::Error> {
-                let mut name = String::new();
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+                let mut name = std::borrow::Cow::Borrowed("");
                 let mut labels = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     if key == "__name__" {
-                        name = map.next_value()?;
+                        name = map.next_value::<Text<'de>>()?.0;
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
                         labels.push(key);
                     }
                 }
                 labels.sort();
-                Ok(SeriesShape { name, labels })
+                Ok(BorrowedShape { name, labels })
             }
         }
         deserializer.deserialize_map(ShapeVisitor)

@@ -18,7 +18,7 @@ use regex::Regex;
 use serde_saphyr::Spanned;
 
 use super::{
-    ResourceMapping, Rule, SeriesFilter,
+    ResourceMapping, Rule, RuleSet, SeriesFilter,
     template::{self, Template, Value},
 };
 
@@ -26,7 +26,7 @@ use super::{
 pub enum Error {
     #[error("cannot read the metrics discovery config {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{origin}:{}: {message}", position(*.line, *.column))]
+    #[error("{origin}{}: {message}", position(*.line, *.column))]
     Yaml {
         origin: String,
         line: u64,
@@ -45,11 +45,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `:line:column`, `:line` or nothing, as far as the position is known.
 fn position(line: u64, column: u64) -> String {
     match (line, column) {
-        (0, _) => "?".into(),
-        (line, 0) => line.to_string(),
-        (line, column) => format!("{line}:{column}"),
+        (0, _) => String::new(),
+        (line, 0) => format!(":{line}"),
+        (line, column) => format!(":{line}:{column}"),
     }
 }
 
@@ -113,6 +114,7 @@ impl ResourcesConfig {
                 .map(|(label, gr)| (label.clone(), gr.to_string()))
                 .collect(),
             template: self.template.clone(),
+            namespaced: Some(self.namespaced),
         }
     }
 }
@@ -172,7 +174,7 @@ pub fn load(path: &Path) -> Result<Config> {
 
 /// Parses and checks configuration text; `origin` names it in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Config> {
-    let raw: raw::Config = serde_saphyr::from_str(text).map_err(|e| yaml_error(origin, &e))?;
+    let raw: raw::Config = serde_saphyr::from_str(text).map_err(|e| yaml_error(origin, text, &e))?;
     let check = Checker { origin };
     let rules = check.rules("rules", raw.rules, RuleKind::Custom)?;
     let external_rules = check.rules("externalRules", raw.external_rules, RuleKind::External)?;
@@ -185,14 +187,26 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
     })
 }
 
-fn yaml_error(origin: &str, e: &serde_saphyr::Error) -> Error {
+fn yaml_error(origin: &str, text: &str, e: &serde_saphyr::Error) -> Error {
     let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
     let plain = e.render_with_options(serde_saphyr::render_options! {
         snippets: serde_saphyr::SnippetMode::Off,
     });
     // The plain rendering ends with the location, which the message gives in front instead.
     let suffix = format!(" at line {line}, column {column}");
-    let message = plain.strip_suffix(&suffix).unwrap_or(&plain).to_owned();
+    let message = plain.strip_suffix(&suffix).unwrap_or(&plain);
+    // Hints about serde-saphyr's API are for programmers, not for whoever edits the file.
+    let message = [", set DuplicateKeyPolicy", "; use from_str_multiple"]
+        .iter()
+        .find_map(|hint| message.find(hint).map(|i| &message[..i]))
+        .unwrap_or(message);
+    // Type errors ("expected string scalar") do not say which key; the text does.
+    let message = match key_near(text, line, column) {
+        Some(key) if !message.contains(&key) && !message.starts_with("multiple YAML documents") => {
+            format!("{key}: {message}")
+        }
+        _ => message.to_owned(),
+    };
     Error::Yaml {
         origin: origin.to_owned(),
         line,
@@ -201,16 +215,71 @@ fn yaml_error(origin: &str, e: &serde_saphyr::Error) -> Error {
     }
 }
 
+/// The key whose value holds the position `line`:`column` (1-based, in characters): the last
+/// `key:` before the column on that line, or else the key of the enclosing block.
+fn key_near(text: &str, line: u64, column: u64) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let index = usize::try_from(line).ok()?.checked_sub(1)?;
+    let current = lines.get(index)?;
+    let before: String = current
+        .chars()
+        .take(usize::try_from(column).ok()?.saturating_sub(1))
+        .collect();
+    // An error at a key itself ("duplicate mapping key") is about that key.
+    let at: String = current.chars().skip(before.chars().count()).collect();
+    if let Some(key) = leading_key(&at) {
+        return Some(key);
+    }
+    if let Some(key) = last_key(&before) {
+        return Some(key);
+    }
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let item = |l: &str| l.trim_start().starts_with('-');
+    lines[..index]
+        .iter()
+        .rev()
+        .filter(|l| l.trim_end().ends_with(':'))
+        .find(|l| indent(l) < indent(current) || (item(current) && !item(l) && indent(l) == indent(current)))
+        .and_then(|l| last_key(l))
+}
+
+/// The key that `s` starts with, if `s` starts with `key:` followed by a space or the end.
+fn leading_key(s: &str) -> Option<String> {
+    let end = s.find(|c: char| !(c.is_alphanumeric() || "_-.\"'".contains(c)))?;
+    let after = s[end..].strip_prefix(':')?;
+    let key = s[..end].trim_matches(['"', '\'']);
+    (after.chars().next().is_none_or(|c| c == ' ') && !key.is_empty()).then(|| key.to_owned())
+}
+
+/// The last `key` of `key: ` or a trailing `key:` in a line, without quotes or flow punctuation.
+fn last_key(line: &str) -> Option<String> {
+    let (colon, _) = line
+        .char_indices()
+        .rev()
+        .find(|&(i, c)| c == ':' && line[i + 1..].chars().next().is_none_or(|n| n == ' '))?;
+    let head = line[..colon].trim_end();
+    let start = head.rfind([' ', '{', ',', '[']).map_or(0, |i| i + 1);
+    let key = head[start..].trim_matches(['"', '\'']);
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
 impl Config {
     /// The `rules` as discovery rules of the rule engine.
     pub fn custom_rules(&self) -> Result<Vec<Rule>> {
         self.compile("rules", &self.rules)
     }
 
-    /// The `externalRules` as discovery rules of the rule engine, in order; each one's
-    /// `resources.namespaced` is in the matching [`DiscoveryRule`].
+    /// The `externalRules` as discovery rules of the rule engine, in order.
     pub fn external_metric_rules(&self) -> Result<Vec<Rule>> {
         self.compile("externalRules", &self.external_rules)
+    }
+
+    /// Both rule lists, as the discovery loop takes them.
+    pub fn rule_set(&self) -> Result<RuleSet> {
+        Ok(RuleSet {
+            custom: self.custom_rules()?,
+            external: self.external_metric_rules()?,
+        })
     }
 
     fn compile(&self, list: &str, rules: &[DiscoveryRule]) -> Result<Vec<Rule>> {
@@ -245,7 +314,11 @@ impl DiscoveryRule {
                     pattern: pattern.clone(),
                     source: Box::new(source),
                 })?;
-                Ok(if is { SeriesFilter::Is(re) } else { SeriesFilter::IsNot(re) })
+                Ok(if is {
+                    SeriesFilter::Is(re)
+                } else {
+                    SeriesFilter::IsNot(re)
+                })
             })
             .collect::<super::Result<Vec<_>>>()?;
         Rule::new(
@@ -281,7 +354,12 @@ impl Checker<'_> {
         }
     }
 
-    fn rules(&self, list: &str, raw: Option<Vec<Spanned<raw::Rule>>>, kind: RuleKind) -> Result<Vec<DiscoveryRule>> {
+    fn rules(
+        &self,
+        list: &str,
+        raw: Option<Vec<Spanned<raw::Rule>>>,
+        kind: RuleKind,
+    ) -> Result<Vec<DiscoveryRule>> {
         raw.unwrap_or_default()
             .into_iter()
             .enumerate()
@@ -289,14 +367,24 @@ impl Checker<'_> {
             .collect()
     }
 
-    fn rule(&self, path: &str, index: usize, spanned: Spanned<raw::Rule>, kind: RuleKind) -> Result<DiscoveryRule> {
+    fn rule(
+        &self,
+        path: &str,
+        index: usize,
+        spanned: Spanned<raw::Rule>,
+        kind: RuleKind,
+    ) -> Result<DiscoveryRule> {
         let line = spanned.referenced.line();
         let raw = spanned.value;
         let series_query = match raw.series_query {
             Some(q) if !q.value.trim().is_empty() => q.value,
             q => {
                 let line = q.map_or(line, |q| q.referenced.line());
-                return Err(self.invalid(line, &format!("{path}.seriesQuery"), "must be set to a series selector"));
+                return Err(self.invalid(
+                    line,
+                    &format!("{path}.seriesQuery"),
+                    "must be set to a series selector",
+                ));
             }
         };
         let mut series_filters = Vec::new();
@@ -307,10 +395,14 @@ impl Checker<'_> {
                 (Some(is), None) => RegexFilter::Is(is),
                 (None, Some(is_not)) => RegexFilter::IsNot(is_not),
                 (Some(is), Some(is_not)) => {
-                    let message = format!("has both `is` ({is:?}) and `isNot` ({is_not:?}); a filter takes exactly one");
+                    let message = format!(
+                        "has both `is` ({is:?}) and `isNot` ({is_not:?}); a filter takes exactly one"
+                    );
                     return Err(self.invalid(line, &field, message));
                 }
-                (None, None) => return Err(self.invalid(line, &field, "needs an `is` or an `isNot` regular expression")),
+                (None, None) => {
+                    return Err(self.invalid(line, &field, "needs an `is` or an `isNot` regular expression"));
+                }
             };
             let (RegexFilter::Is(pattern) | RegexFilter::IsNot(pattern)) = &filter;
             self.regex(line, &field, pattern)?;
@@ -344,16 +436,25 @@ impl Checker<'_> {
             metrics_query,
             line,
         };
-        // What remains for the rule engine to reject is an `as` that cannot default.
-        rule.to_rule(index)
-            .map_err(|e| self.invalid(name_line, &format!("{path}.name.as"), e.to_string()))?;
+        // The regexes are checked above, so what the rule engine can still reject is an `as` that
+        // cannot default, or a label template whose regex does not compile.
+        rule.to_rule(index).map_err(|e| match e {
+            super::Error::AmbiguousAs { .. } => {
+                self.invalid(name_line, &format!("{path}.name.as"), e.to_string())
+            }
+            e => self.invalid(line, &format!("{path}.resources.template"), e.to_string()),
+        })?;
         Ok(rule)
     }
 
     fn regex(&self, line: u64, field: &str, pattern: &str) -> Result<()> {
-        Regex::new(pattern)
-            .map(drop)
-            .map_err(|e| self.invalid(line, field, format!("invalid regular expression {pattern:?}: {e}")))
+        Regex::new(pattern).map(drop).map_err(|e| {
+            self.invalid(
+                line,
+                field,
+                format!("invalid regular expression {pattern:?}: {e}"),
+            )
+        })
     }
 
     fn resources(&self, path: &str, raw: Option<Spanned<raw::Resources>>) -> Result<ResourcesConfig> {
@@ -366,7 +467,8 @@ impl Checker<'_> {
             let field = format!("{path}.overrides.{label}");
             let line = gr.referenced.line();
             if !is_label_name(&label) {
-                let message = "is not a Prometheus label name (letters, digits and '_', not starting with a digit)";
+                let message =
+                    "is not a Prometheus label name (letters, digits and '_', not starting with a digit)";
                 return Err(self.invalid(line, &field, message));
             }
             let resource = gr.value.resource.unwrap_or_default();
@@ -377,7 +479,9 @@ impl Checker<'_> {
             overrides.insert(label, GroupResource { group, resource });
         }
         let template = match raw.template {
-            Some(t) if !t.value.is_empty() => Some(self.resource_template(t.referenced.line(), path, &t.value)?),
+            Some(t) if !t.value.is_empty() => {
+                Some(self.resource_template(t.referenced.line(), path, &t.value)?)
+            }
             _ => None,
         };
         Ok(ResourcesConfig {
@@ -406,7 +510,13 @@ impl Checker<'_> {
     }
 
     /// Parses a query template and renders it for a sample request.
-    fn query(&self, line: u64, field: &str, raw: Option<Spanned<String>>, sample: &Sample) -> Result<Template> {
+    fn query(
+        &self,
+        line: u64,
+        field: &str,
+        raw: Option<Spanned<String>>,
+        sample: &Sample,
+    ) -> Result<Template> {
         let (line, text) = raw.map_or((line, String::new()), |q| (q.referenced.line(), q.value));
         if text.trim().is_empty() {
             return Err(self.invalid(line, field, "must be set to a query template"));
@@ -433,16 +543,32 @@ impl Checker<'_> {
             })?,
             None => Duration::ZERO,
         };
-        let mut rule = |name: &str, raw: Option<Spanned<raw::ResourceRule>>| {
+        let rule = |name: &str, raw: Option<Spanned<raw::ResourceRule>>| {
             let path = format!("resourceRules.{name}");
-            let raw = raw.ok_or_else(|| self.invalid(line, &path, "is missing; resource metrics need both cpu and memory"))?;
+            let raw = raw.ok_or_else(|| {
+                self.invalid(
+                    line,
+                    &path,
+                    "is missing; resource metrics need both cpu and memory",
+                )
+            })?;
             let line = raw.referenced.line();
             let raw = raw.value;
             let resources = self.resources(&format!("{path}.resources"), raw.resources)?;
             let container_label = raw.container_label.unwrap_or_default();
             let container = Sample::container(&container_label);
-            let container_query = self.query(line, &format!("{path}.containerQuery"), raw.container_query, &container)?;
-            let node_query = self.query(line, &format!("{path}.nodeQuery"), raw.node_query, &Sample::node())?;
+            let container_query = self.query(
+                line,
+                &format!("{path}.containerQuery"),
+                raw.container_query,
+                &container,
+            )?;
+            let node_query = self.query(
+                line,
+                &format!("{path}.nodeQuery"),
+                raw.node_query,
+                &Sample::node(),
+            )?;
             Ok::<_, Error>(ResourceRule {
                 container_query,
                 node_query,
@@ -485,7 +611,10 @@ impl Sample {
     }
 
     fn container(container_label: &str) -> Self {
-        Self::new(&[("namespace", "default"), ("pod", "sample")], &["pod", container_label])
+        Self::new(
+            &[("namespace", "default"), ("pod", "sample")],
+            &["pod", container_label],
+        )
     }
 
     fn node() -> Self {
@@ -684,7 +813,9 @@ mod tests {
         );
     }
 
-    /// prometheus-adapter's config-gen output with `--rate-interval=2m`.
+    /// The prometheus-community Helm chart's rendering of `rules.default: true` (config-gen's six
+    /// rules with a 5m window); toYaml folded two long `metricsQuery` lines into multi-line plain
+    /// scalars.
     const DEFAULTS: &str = r#"rules:
 - seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
   seriesFilters: []
@@ -697,7 +828,8 @@ mod tests {
   name:
     matches: ^container_(.*)_seconds_total$
     as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[2m])) by (<<.GroupBy>>)
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m]))
+    by (<<.GroupBy>>)
 - seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
   seriesFilters:
   - isNot: ^container_.*_seconds_total$
@@ -710,7 +842,8 @@ mod tests {
   name:
     matches: ^container_(.*)_total$
     as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[2m])) by (<<.GroupBy>>)
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m]))
+    by (<<.GroupBy>>)
 - seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
   seriesFilters:
   - isNot: ^container_.*_total$
@@ -741,7 +874,7 @@ mod tests {
   name:
     matches: ^(.*)_total$
     as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
 - seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
   seriesFilters: []
   resources:
@@ -749,14 +882,14 @@ mod tests {
   name:
     matches: ^(.*)_seconds_total$
     as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
 "#;
 
     #[test]
     fn the_six_default_rules_match_the_built_in_ones() {
         let config = parse(DEFAULTS, "defaults.yaml").unwrap();
         let ours = config.custom_rules().unwrap();
-        let builtin = default_rules("2m").unwrap();
+        let builtin = default_rules("5m").unwrap();
         assert_eq!(ours.len(), builtin.len());
         let series = [
             "http_requests_total",
@@ -800,7 +933,12 @@ externalRules:
         assert!(!depth.resources.namespaced);
         assert_eq!(depth.line, 7);
         let rules = config.external_metric_rules().unwrap();
-        assert_eq!(rules[1].metric_name("queue_depth").as_deref(), Some("queue_depth"));
+        assert_eq!(rules[1].resources.namespaced, Some(false));
+        assert_eq!(config.rule_set().unwrap().external.len(), 2);
+        assert_eq!(
+            rules[1].metric_name("queue_depth").as_deref(),
+            Some("queue_depth")
+        );
         let query = template::render_metrics_query(
             &depth.metrics_query,
             "queue_depth",
@@ -878,7 +1016,10 @@ externalRules:
         );
         let without_memory = RESOURCE_RULES.split("  \"memory\":").next().unwrap();
         let e = err(without_memory);
-        assert!(e.contains("adapter.yaml:2: resourceRules.memory: is missing"), "{e}");
+        assert!(
+            e.contains("adapter.yaml:2: resourceRules.memory: is missing"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -898,9 +1039,15 @@ externalRules:
 "#;
         let config = parse(text, "adapter.yaml").unwrap();
         let rule = &config.custom_rules().unwrap()[0];
-        assert_eq!(rule.resources.template.as_deref(), Some("kube_<<.Group>>_<<.Resource>>"));
+        assert_eq!(
+            rule.resources.template.as_deref(),
+            Some("kube_<<.Group>>_<<.Resource>>")
+        );
         assert_eq!(rule.resources.overrides["deployment"], "deployments.apps");
-        assert_eq!(rule.metric_name("kube_deployment_status_replicas").as_deref(), Some("replicas"));
+        assert_eq!(
+            rule.metric_name("kube_deployment_status_replicas").as_deref(),
+            Some("replicas")
+        );
     }
 
     #[test]
@@ -920,55 +1067,121 @@ externalRules:
         let e = err("rulez: []\n");
         assert!(e.starts_with("adapter.yaml:1:1: unknown field `rulez`"), "{e}");
         let e = err(&WALKTHROUGH.replace("  metricsQuery:", "  seriesQeury: x\n  metricsQuery:"));
-        assert!(e.starts_with("adapter.yaml:10:3: unknown field `seriesQeury`"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:10:3: unknown field `seriesQeury`"),
+            "{e}"
+        );
         let e = err(&WALKTHROUGH.replace("{resource: \"pod\"}", "{resource: \"pod\", grup: apps}"));
         assert!(e.starts_with("adapter.yaml:6:46: unknown field `grup`"), "{e}");
         let e = err(&WALKTHROUGH.replace("  name:", "  resources: {}\n  name:"));
-        assert!(e.starts_with("adapter.yaml:7:3: duplicate mapping key: resources"), "{e}");
+        assert_eq!(e, "adapter.yaml:7:3: duplicate mapping key: resources");
         let e = err("rules:\n- seriesQuery: x\n  resources: {namespaced: 3}\n");
-        assert!(e.starts_with("adapter.yaml:3:27: invalid boolean"), "{e}");
+        assert_eq!(e, "adapter.yaml:3:27: namespaced: invalid boolean");
         let e = err("rules: {}\n");
-        assert!(e.starts_with("adapter.yaml:1:8: "), "{e}");
+        assert!(e.starts_with("adapter.yaml:1:8: rules: expected sequence"), "{e}");
+        let e = err("rules:\n- seriesQuery: x\n  name: {matches: [a]}\n");
+        assert_eq!(e, "adapter.yaml:3:19: matches: expected string scalar");
+        let e = err("rules:\n- x\n");
+        assert_eq!(e, "adapter.yaml:2:3: rules: expected mapping start");
+        let e = err("rules:\n- seriesQuery: x\n  resources:\n    overrides:\n      pod: pod\n");
+        assert_eq!(e, "adapter.yaml:5:12: pod: expected mapping start");
+        let e = err("---\nrules: []\n---\nrules: []\n");
+        assert_eq!(e, "adapter.yaml:4:1: multiple YAML documents detected");
     }
 
     #[test]
     fn rule_errors_name_file_line_and_key() {
-        let both = WALKTHROUGH.replace("  name:", "  seriesFilters:\n  - is: a\n  - {is: a, isNot: b}\n  name:");
+        let both = WALKTHROUGH.replace(
+            "  name:",
+            "  seriesFilters:\n  - is: a\n  - {is: a, isNot: b}\n  name:",
+        );
         let e = err(&both);
         assert!(
-            e.starts_with("adapter.yaml:9: rules[0].seriesFilters[1]: has both `is` (\"a\") and `isNot` (\"b\")"),
+            e.starts_with(
+                "adapter.yaml:9: rules[0].seriesFilters[1]: has both `is` (\"a\") and `isNot` (\"b\")"
+            ),
             "{e}"
         );
         let e = err(&WALKTHROUGH.replace("  name:", "  seriesFilters: [{}]\n  name:"));
-        assert!(e.starts_with("adapter.yaml:7: rules[0].seriesFilters[0]: needs an `is` or an `isNot`"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:7: rules[0].seriesFilters[0]: needs an `is` or an `isNot`"),
+            "{e}"
+        );
         let e = err(&WALKTHROUGH.replace("^(.*)_total", "^(.*_total"));
-        assert!(e.starts_with("adapter.yaml:8: rules[0].name.matches: invalid regular expression"), "{e}");
-        let e = err(&WALKTHROUGH.replace("    as: \"${1}_per_second\"\n", "").replace("^(.*)_total", "^(.*)_(total)"));
+        assert!(
+            e.starts_with("adapter.yaml:8: rules[0].name.matches: invalid regular expression"),
+            "{e}"
+        );
+        let e = err(&WALKTHROUGH
+            .replace("    as: \"${1}_per_second\"\n", "")
+            .replace("^(.*)_total", "^(.*)_(total)"));
         assert!(e.starts_with("adapter.yaml:8: rules[0].name.as: "), "{e}");
         assert!(e.contains("capture groups"), "{e}");
         let e = err(&WALKTHROUGH.replace("<<.LabelMatchers>>}", "<<.LabelMatchers}"));
-        assert!(e.starts_with("adapter.yaml:10: rules[0].metricsQuery: template line 1, column 38: unexpected"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:10: rules[0].metricsQuery: template line 1, column 38: unexpected"),
+            "{e}"
+        );
         let e = err(&WALKTHROUGH.replace("<<.GroupBy>>", "<<join .GroupBySlice \",\">>"));
-        assert!(e.contains("rules[0].metricsQuery") && e.contains(r#"function "join" not defined"#), "{e}");
+        assert!(
+            e.contains("rules[0].metricsQuery") && e.contains(r#"function "join" not defined"#),
+            "{e}"
+        );
         let e = err(&WALKTHROUGH.replace("<<.Series>>", "<<.Seires>>"));
-        assert!(e.starts_with("adapter.yaml:10: rules[0].metricsQuery: executing template"), "{e}");
-        assert!(e.contains("can't evaluate field Seires") && e.contains("sample request"), "{e}");
-        let e = err(&WALKTHROUGH.replace("  metricsQuery: 'sum", "  metricsQuery: '<<if false>>sum").replace("'\n", "<<end>>'\n"));
-        assert!(e.contains("rules[0].metricsQuery: the template produced an empty query"), "{e}");
-        let e = err(&WALKTHROUGH.replace("  metricsQuery:", "  metricsQuery: \"\"\n  x:").replace("  x: ", "#"));
-        assert!(e.starts_with("adapter.yaml:10: rules[0].metricsQuery: must be set"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:10: rules[0].metricsQuery: executing template"),
+            "{e}"
+        );
+        assert!(
+            e.contains("can't evaluate field Seires") && e.contains("sample request"),
+            "{e}"
+        );
+        let e = err(&WALKTHROUGH
+            .replace("  metricsQuery: 'sum", "  metricsQuery: '<<if false>>sum")
+            .replace("'\n", "<<end>>'\n"));
+        assert!(
+            e.contains("rules[0].metricsQuery: the template produced an empty query"),
+            "{e}"
+        );
+        let e = err(&WALKTHROUGH
+            .replace("  metricsQuery:", "  metricsQuery: \"\"\n  x:")
+            .replace("  x: ", "#"));
+        assert!(
+            e.starts_with("adapter.yaml:10: rules[0].metricsQuery: must be set"),
+            "{e}"
+        );
         let e = err("rules:\n- metricsQuery: x\n");
-        assert!(e.starts_with("adapter.yaml:2: rules[0].seriesQuery: must be set"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:2: rules[0].seriesQuery: must be set"),
+            "{e}"
+        );
         let e = err(&WALKTHROUGH.replace("    overrides:", "    template: kube_<<.Group>>\n    overrides:"));
-        assert!(e.starts_with("adapter.yaml:4: rules[0].resources.template: \"kube_<<.Group>>\" must contain"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:4: rules[0].resources.template: \"kube_<<.Group>>\" must contain"),
+            "{e}"
+        );
         let e = err(&WALKTHROUGH.replace("kubernetes_pod_name: {", "kubernetes-pod: {"));
-        assert!(e.starts_with("adapter.yaml:6: rules[0].resources.overrides.kubernetes-pod: is not a Prometheus"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:6: rules[0].resources.overrides.kubernetes-pod: is not a Prometheus"),
+            "{e}"
+        );
         let e = err(&WALKTHROUGH.replace("{resource: \"pod\"}", "{group: apps}"));
-        assert!(e.contains("overrides.kubernetes_pod_name: needs a `resource`"), "{e}");
+        assert!(
+            e.contains("overrides.kubernetes_pod_name: needs a `resource`"),
+            "{e}"
+        );
         let e = err(&RESOURCE_RULES.replace("\"5m\"", "five"));
-        assert!(e.starts_with("adapter.yaml:42: resourceRules.window: \"five\" is not a Prometheus duration"), "{e}");
-        let e = err(&format!("{WALKTHROUGH}externalRules:\n- seriesQuery: x\n  metricsQuery: <<index .GroupBySlice 0>>\n"));
-        assert!(e.starts_with("adapter.yaml:13: externalRules[0].metricsQuery: executing"), "{e}");
+        assert!(
+            e.starts_with("adapter.yaml:42: resourceRules.window: \"five\" is not a Prometheus duration"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{WALKTHROUGH}externalRules:\n- seriesQuery: x\n  metricsQuery: <<index .GroupBySlice 0>>\n"
+        ));
+        assert!(
+            e.starts_with("adapter.yaml:13: externalRules[0].metricsQuery: executing"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -979,7 +1192,10 @@ externalRules:
         assert_eq!(load(&path).unwrap().rules.len(), 1);
         std::fs::write(&path, "rulez: []\n").unwrap();
         let e = load(&path).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("{}:1:1: unknown field `rulez`", path.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("{}:1:1: unknown field `rulez`", path.display())),
+            "{e}"
+        );
         let e = load(&dir.path().join("missing.yaml")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read the metrics discovery config"), "{e}");
     }

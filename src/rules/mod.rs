@@ -3,7 +3,9 @@
 //! `resources`, `name`, `metricsQuery`); the built-in rules are its config-gen defaults.
 
 mod discovery;
+pub mod config;
 pub mod promql;
+pub mod template;
 
 use std::collections::BTreeMap;
 

@@ -4,10 +4,11 @@
 //! prometheus-adapter executes `metricsQuery`, `containerQuery`, `nodeQuery` and `resources.template`
 //! with Go's `text/template` and the delimiters `<<` and `>>`. The `gtmpl` crate implements
 //! `text/template`, but its lexer hard-codes `{{` `}}`, and rewriting `<<`/`>>` into `{{`/`}}` before
-//! parsing is wrong because PromQL uses braces itself: `{<<.LabelMatchers>>}` would become `{{{.LabelMatchers}}}`,
-//! which Go's lexer reads as an action starting at the first `{{`, and a query such as
-//! `sum(x{a="}}"})` would end an action. So this module lexes and parses templates itself, with the
-//! delimiters as parameters of the lexer, and supports what configurations in the wild use:
+//! parsing is wrong because PromQL uses braces itself: `x{<<.LabelMatchers>>}` would become
+//! `x{{{.LabelMatchers}}}`, where an action opens at the first `{{` and reads `{.LabelMatchers`, and
+//! a label value such as `a="{{"` would open an action. So this module lexes and parses templates
+//! itself, with the delimiters as constants of its lexer, and supports what configurations in the
+//! wild use:
 //!
 //! - text, `<<.Field>>`, `<<.A.B>>`, `<<.>>`, `<<$>>`, variables (`$x := pipeline`, `$x = pipeline`);
 //! - `if` / `else if` / `else`, `with` / `else with`, `range` (one or two variables, `else`, `break`,
@@ -25,6 +26,8 @@
 //! [`Value::Struct`] is an error (Go cannot evaluate an unknown struct field), a key missing from a
 //! [`Value::Map`] prints `<no value>`, and `index` of a missing key yields the empty string (the
 //! zero value of the `map[string]string` prometheus-adapter uses).
+//!
+//! Errors give 1-based lines and byte columns within the template, and the action's text.
 
 use std::{cmp::Ordering, collections::BTreeMap, fmt::Write as _};
 
@@ -32,7 +35,7 @@ use super::promql::go_quote;
 
 const LEFT: &str = "<<";
 const RIGHT: &str = ">>";
-/// Go's trim markers: a dash next to the delimiter, separated from the action by one space.
+/// White space in Go's template lexer: what trim markers remove and what separates tokens.
 const SPACES: [char; 4] = [' ', '\t', '\r', '\n'];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,7 +140,10 @@ impl Value {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.clone())
                 .ok_or_else(|| format!("can't evaluate field {name} in type struct")),
-            other => Err(format!("can't evaluate field {name} in type {}", other.type_name())),
+            other => Err(format!(
+                "can't evaluate field {name} in type {}",
+                other.type_name()
+            )),
         }
     }
 }
@@ -205,8 +211,18 @@ impl Template {
                 source: text.to_owned(),
                 nodes,
             }),
-            Stop::End(pos) => Err(parse_error(text, pos, pos, "<<end>> without a matching <<if>>, <<range>> or <<with>>")),
-            Stop::Else(pos) => Err(parse_error(text, pos, pos, "<<else>> without a matching <<if>>, <<range>> or <<with>>")),
+            Stop::End(pos) => Err(parse_error(
+                text,
+                pos,
+                pos,
+                "<<end>> without a matching <<if>>, <<range>> or <<with>>",
+            )),
+            Stop::Else(pos) => Err(parse_error(
+                text,
+                pos,
+                pos,
+                "<<else>> without a matching <<if>>, <<range>> or <<with>>",
+            )),
         }
     }
 
@@ -280,8 +296,13 @@ fn line_column(src: &str, pos: usize) -> (usize, usize) {
 /// The action starting at `open`, through its closing delimiter or to the end of the line.
 fn action_text(src: &str, open: usize) -> String {
     let rest = src.get(open..).unwrap_or_default();
-    let end = match (rest.get(LEFT.len()..).and_then(|r| r.find(RIGHT)), rest.find('\n')) {
-        (Some(close), newline) if newline.is_none_or(|n| close + LEFT.len() < n) => close + LEFT.len() + RIGHT.len(),
+    let end = match (
+        rest.get(LEFT.len()..).and_then(|r| r.find(RIGHT)),
+        rest.find('\n'),
+    ) {
+        (Some(close), newline) if newline.is_none_or(|n| close + LEFT.len() < n) => {
+            close + LEFT.len() + RIGHT.len()
+        }
         (_, Some(newline)) => newline,
         (_, None) => rest.len(),
     };
@@ -381,10 +402,16 @@ fn lex(src: &str) -> Result<Vec<Item>> {
             let tail = &src[close..];
             (pos, trim_next) = if tail.starts_with(RIGHT) {
                 (close + RIGHT.len(), false)
-            } else if tail.starts_with(is_space) && tail[1..].starts_with('-') && tail[2..].starts_with(RIGHT) {
+            } else if tail.starts_with(is_space) && tail[1..].starts_with('-') && tail[2..].starts_with(RIGHT)
+            {
                 (close + 2 + RIGHT.len(), true)
             } else {
-                return Err(parse_error(src, open, close, "comment ends before closing delimiter"));
+                return Err(parse_error(
+                    src,
+                    open,
+                    close,
+                    "comment ends before closing delimiter",
+                ));
             };
             continue;
         }
@@ -398,8 +425,16 @@ fn lex(src: &str) -> Result<Vec<Item>> {
 }
 
 fn push_text(items: &mut Vec<Item>, text: &str, pos: usize, trim_start: bool, trim_end: bool) {
-    let text = if trim_start { text.trim_start_matches(SPACES) } else { text };
-    let text = if trim_end { text.trim_end_matches(SPACES) } else { text };
+    let text = if trim_start {
+        text.trim_start_matches(SPACES)
+    } else {
+        text
+    };
+    let text = if trim_end {
+        text.trim_end_matches(SPACES)
+    } else {
+        text
+    };
     if !text.is_empty() {
         items.push(Item {
             tok: Tok::Text(text.to_owned()),
@@ -609,7 +644,8 @@ fn unquote(s: &str) -> Result<(String, usize), String> {
                         return Err(format!("escape \\{digits} is not a valid UTF-8 character"));
                     }
                 }
-                let c = char::from_u32(code).ok_or_else(|| format!("escape value {code:#x} is not a character"))?;
+                let c = char::from_u32(code)
+                    .ok_or_else(|| format!("escape value {code:#x} is not a character"))?;
                 out.push(c);
             }
             c => out.push(c),
@@ -833,7 +869,11 @@ impl Parser<'_> {
                     }
                     self.next += 1;
                     self.expect_close()?;
-                    nodes.push(if k == Keyword::Break { Node::Break } else { Node::Continue });
+                    nodes.push(if k == Keyword::Break {
+                        Node::Break
+                    } else {
+                        Node::Continue
+                    });
                 }
                 Some(Tok::Keyword(Keyword::Unsupported(name))) => {
                     let message = format!("<<{name}>> is not supported");
@@ -864,7 +904,12 @@ impl Parser<'_> {
     }
 
     fn unclosed(&self, open: usize, what: &str) -> Error {
-        parse_error(self.src, open, open, format!("unclosed <<{what}>>: missing <<end>>"))
+        parse_error(
+            self.src,
+            open,
+            open,
+            format!("unclosed <<{what}>>: missing <<end>>"),
+        )
     }
 
     fn parse_branch(&mut self, kind: BranchKind, open: usize) -> Result<Node> {
@@ -914,7 +959,12 @@ impl Parser<'_> {
         self.vars.truncate(scope);
         match stop {
             Stop::End(_) => Ok(nodes),
-            Stop::Else(pos) => Err(parse_error(self.src, pos, pos, format!("a second <<else>> in <<{name}>>"))),
+            Stop::Else(pos) => Err(parse_error(
+                self.src,
+                pos,
+                pos,
+                format!("a second <<else>> in <<{name}>>"),
+            )),
             Stop::Eof => Err(self.unclosed(open, name)),
         }
     }
@@ -933,7 +983,10 @@ impl Parser<'_> {
             Stop::End(_) => Vec::new(),
             Stop::Else(_) => {
                 if let Some(Tok::Keyword(Keyword::If | Keyword::With)) = self.peek_tok() {
-                    return Err(self.error(self.here(), "<<else if>> and <<else with>> are not allowed in <<range>>"));
+                    return Err(self.error(
+                        self.here(),
+                        "<<else if>> and <<else with>> are not allowed in <<range>>",
+                    ));
                 }
                 self.expect_close()?;
                 // As in Go, the range's variables stay declared in its else branch.
@@ -1012,9 +1065,16 @@ impl Parser<'_> {
         let mut operands = Vec::new();
         loop {
             match self.peek() {
-                None | Some(Item { tok: Tok::Close | Tok::Pipe | Tok::RParen, .. }) => return Ok(operands),
+                None
+                | Some(Item {
+                    tok: Tok::Close | Tok::Pipe | Tok::RParen,
+                    ..
+                }) => return Ok(operands),
                 Some(item) if !operands.is_empty() && !item.spaced => {
-                    let message = format!("unexpected {} in operand; missing space?", Self::describe(Some(&item.tok)));
+                    let message = format!(
+                        "unexpected {} in operand; missing space?",
+                        Self::describe(Some(&item.tok))
+                    );
                     return Err(self.error(item.pos, message));
                 }
                 Some(_) => operands.push(self.parse_operand()?),
@@ -1289,7 +1349,10 @@ impl Exec<'_> {
         let count = args.len() + usize::from(piped.is_some());
         if matches!(f, Func::And | Func::Or) {
             if count == 0 {
-                return Err(self.error(span, format!("wrong number of args for {name}: want at least 1 got 0")));
+                return Err(self.error(
+                    span,
+                    format!("wrong number of args for {name}: want at least 1 got 0"),
+                ));
             }
             let mut last = Value::Nil;
             for arg in args {
@@ -1309,7 +1372,10 @@ impl Exec<'_> {
             if values.len() == n {
                 Ok(())
             } else {
-                Err(self.error(span, format!("wrong number of args for {name}: want {n} got {}", values.len())))
+                Err(self.error(
+                    span,
+                    format!("wrong number of args for {name}: want {n} got {}", values.len()),
+                ))
             }
         };
         let fail = |message: String| Err(self.error(span, message));
@@ -1325,10 +1391,12 @@ impl Exec<'_> {
                         (Value::Map(map), Value::Str(key)) => {
                             map.get(key).cloned().unwrap_or_else(|| Value::Str(String::new()))
                         }
-                        (Value::List(list), Value::Int(i)) => match usize::try_from(*i).ok().and_then(|i| list.get(i)) {
-                            Some(v) => v.clone(),
-                            None => return fail(format!("error calling index: index out of range: {i}")),
-                        },
+                        (Value::List(list), Value::Int(i)) => {
+                            match usize::try_from(*i).ok().and_then(|i| list.get(i)) {
+                                Some(v) => v.clone(),
+                                None => return fail(format!("error calling index: index out of range: {i}")),
+                            }
+                        }
                         (Value::Nil, _) => return fail("error calling index: index of untyped nil".into()),
                         (item, index) => {
                             return fail(format!(
@@ -1359,7 +1427,8 @@ impl Exec<'_> {
                     return fail("error calling eq: missing argument for comparison".into());
                 };
                 for other in rest {
-                    if compare(first, other).map_err(|m| self.error(span, format!("error calling eq: {m}")))?
+                    if compare(first, other)
+                        .map_err(|m| self.error(span, format!("error calling eq: {m}")))?
                         == Some(Ordering::Equal)
                     {
                         return Ok(Value::Bool(true));
@@ -1394,7 +1463,9 @@ impl Exec<'_> {
                 Ok(Value::Str(out))
             }
             Func::Printf => match values.split_first() {
-                Some((Value::Str(format), args)) => sprintf(format, args).map(Value::Str).map_err(|m| self.error(span, m)),
+                Some((Value::Str(format), args)) => sprintf(format, args)
+                    .map(Value::Str)
+                    .map_err(|m| self.error(span, m)),
                 _ => fail("error calling printf: the first argument must be a format string".into()),
             },
             Func::And | Func::Or => Ok(Value::Nil),
@@ -1450,7 +1521,11 @@ fn sprintf(format: &str, args: &[Value]) -> Result<String, String> {
                 continue;
             }
             Some(v @ ('s' | 'd' | 'v' | 'q')) => v,
-            Some(other) => return Err(format!("printf: %{other} is not supported (only %s, %d, %v, %q and %%)")),
+            Some(other) => {
+                return Err(format!(
+                    "printf: %{other} is not supported (only %s, %d, %v, %q and %%)"
+                ));
+            }
             None => {
                 out.push_str("%!(NOVERB)");
                 break;
@@ -1533,7 +1608,10 @@ mod tests {
         ]);
         metrics_query_args(
             "http_requests_total",
-            &[r#"namespace="somens""#.to_owned(), r#"pod=~"pod1|pod2""#.to_owned()],
+            &[
+                r#"namespace="somens""#.to_owned(),
+                r#"pod=~"pod1|pod2""#.to_owned(),
+            ],
             &["pod".to_owned(), "container".to_owned()],
             &values,
         )
@@ -1548,7 +1626,11 @@ mod tests {
     }
 
     fn exec_err(text: &str) -> String {
-        Template::parse(text).unwrap().render(&pa_args()).unwrap_err().to_string()
+        Template::parse(text)
+            .unwrap()
+            .render(&pa_args())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -1578,37 +1660,131 @@ mod tests {
         assert_eq!(render("<<.LabelValuesByName.pod>>"), "pod1|pod2");
         assert_eq!(render("<<.GroupBySlice>>"), "[pod container]");
         assert_eq!(render("<<index .GroupBySlice 1>>"), "container");
-        assert_eq!(render("<<range $i, $l := .GroupBySlice>><<if $i>>,<<end>><<$l>><<end>>"), "pod,container");
-        assert_eq!(render("<<range .GroupBySlice>>[<<.>>]<<end>>"), "[pod][container]");
-        assert_eq!(render("<<range $l := .GroupBySlice>><<$l>>;<<end>>"), "pod;container;");
-        assert_eq!(render("<<range $k, $v := .LabelValuesByName>><<$k>>=<<$v>> <<end>>"), "namespace=somens pod=pod1|pod2 ");
-        assert_eq!(render("<<range .LabelValuesByName.missing>>x<<else>>none<<end>>"), "none");
-        assert_eq!(render("<<range .GroupBySlice>><<if eq . \"pod\">><<continue>><<end>><<.>><<end>>"), "container");
+        assert_eq!(
+            render("<<range $i, $l := .GroupBySlice>><<if $i>>,<<end>><<$l>><<end>>"),
+            "pod,container"
+        );
+        assert_eq!(
+            render("<<range .GroupBySlice>>[<<.>>]<<end>>"),
+            "[pod][container]"
+        );
+        assert_eq!(
+            render("<<range $l := .GroupBySlice>><<$l>>;<<end>>"),
+            "pod;container;"
+        );
+        assert_eq!(
+            render("<<range $k, $v := .LabelValuesByName>><<$k>>=<<$v>> <<end>>"),
+            "namespace=somens pod=pod1|pod2 "
+        );
+        assert_eq!(
+            render("<<range .LabelValuesByName.missing>>x<<else>>none<<end>>"),
+            "none"
+        );
+        assert_eq!(
+            render("<<range .GroupBySlice>><<if eq . \"pod\">><<continue>><<end>><<.>><<end>>"),
+            "container"
+        );
         assert_eq!(render("<<range .GroupBySlice>><<.>><<break>><<end>>"), "pod");
-        assert_eq!(render("x{<<if .LabelMatchers>><<.LabelMatchers>>,<<end>>a=\"b\"}"), r#"x{namespace="somens",pod=~"pod1|pod2",a="b"}"#);
-        assert_eq!(render("<<if .LabelValuesByName.nope>>a<<else if eq .GroupBy \"pod\">>b<<else>>c<<end>>"), "c");
-        assert_eq!(render("<<if not .GroupBy>>a<<else if eq .GroupBy \"pod,container\">>b<<else>>c<<end>>"), "b");
+        assert_eq!(
+            render("x{<<if .LabelMatchers>><<.LabelMatchers>>,<<end>>a=\"b\"}"),
+            r#"x{namespace="somens",pod=~"pod1|pod2",a="b"}"#
+        );
+        assert_eq!(
+            render("<<if .LabelValuesByName.nope>>a<<else if eq .GroupBy \"pod\">>b<<else>>c<<end>>"),
+            "c"
+        );
+        assert_eq!(
+            render("<<if not .GroupBy>>a<<else if eq .GroupBy \"pod,container\">>b<<else>>c<<end>>"),
+            "b"
+        );
         assert_eq!(render("<<with .GroupBy>>by (<<.>>)<<end>>"), "by (pod,container)");
-        assert_eq!(render("<<with .LabelValuesByName.x>>y<<else with .Series>><<.>><<end>>"), "http_requests_total");
-        assert_eq!(render("<<$s := .Series>><<range .GroupBySlice>><<$s>>/<<.>> <<end>>"), "http_requests_total/pod http_requests_total/container ");
+        assert_eq!(
+            render("<<with .LabelValuesByName.x>>y<<else with .Series>><<.>><<end>>"),
+            "http_requests_total"
+        );
+        assert_eq!(
+            render("<<$s := .Series>><<range .GroupBySlice>><<$s>>/<<.>> <<end>>"),
+            "http_requests_total/pod http_requests_total/container "
+        );
         assert_eq!(render("<<$x := 1>><<$x = 2>><<$x>>"), "2");
-        assert_eq!(render("<<range .GroupBySlice>><<$.Series>><<end>>"), "http_requests_totalhttp_requests_total");
+        assert_eq!(
+            render("<<range .GroupBySlice>><<$.Series>><<end>>"),
+            "http_requests_totalhttp_requests_total"
+        );
         assert!(render("<<.>>").starts_with("{http_requests_total "));
+    }
+
+    /// Cases compared against Go 1.19's text/template with the same data.
+    #[test]
+    fn variable_scopes_as_in_go() {
+        let cases = [
+            (
+                "<<range $i, $v := .LabelValuesByName.none>><<else>>[<<$i>>]<<end>>",
+                "[<no value>]",
+            ),
+            (
+                "<<if $x := .LabelValuesByName.none>>a<<else>>[<<$x>>]<<end>>",
+                "[<no value>]",
+            ),
+            ("<<$x := .Series>><<if true>><<$x = \"b\">><<end>><<$x>>", "b"),
+            (
+                "<<$x := .Series>><<if true>><<$x := \"b\">><<$x>><<end>><<$x>>",
+                "bhttp_requests_total",
+            ),
+            (
+                "<<range $i, $e := .GroupBySlice>><<if eq $i 1>><<break>><<end>><<$e>><<end>>",
+                "pod",
+            ),
+            ("<<1 | index .GroupBySlice>>", "container"),
+            (
+                "<<printf \"%v|%s|%q\" .GroupBySlice .LabelValuesByName .GroupBySlice>>",
+                "[pod container]|map[namespace:somens pod:pod1|pod2]|[\"pod\" \"container\"]",
+            ),
+            ("<<print \"a\" .LabelValuesByName.nope>>", "a<nil>"),
+            ("<<printf \"%s\" \"a\" \"b\" 3>>", "a%!(EXTRA string=b, int=3)"),
+            (" <<- /* c */ ->> x", "x"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(render(text), want, "{text}");
+        }
     }
 
     #[test]
     fn functions_and_pipelines() {
         assert_eq!(render("<<len .GroupBySlice>> <<.GroupBySlice | len>>"), "2 2");
-        assert_eq!(render(r#"<<printf "%s{%s}" .Series .LabelMatchers>>"#), r#"http_requests_total{namespace="somens",pod=~"pod1|pod2"}"#);
+        assert_eq!(
+            render(r#"<<printf "%s{%s}" .Series .LabelMatchers>>"#),
+            r#"http_requests_total{namespace="somens",pod=~"pod1|pod2"}"#
+        );
         assert_eq!(render(r#"<<.Series | printf "%q">>"#), r#""http_requests_total""#);
-        assert_eq!(render(r#"<<printf "%d %v %s %%" 3 .GroupBySlice true>>"#), "3 [pod container] %!s(bool=true) %");
+        assert_eq!(
+            render(r#"<<printf "%d %v %s %%" 3 .GroupBySlice true>>"#),
+            "3 [pod container] %!s(bool=true) %"
+        );
         assert_eq!(render(r#"<<printf "%s %s" "a">>"#), "a %!s(MISSING)");
         assert_eq!(render(r#"<<print "a" 1 2 "b">>"#), "a1 2b");
-        assert_eq!(render("<<and .Series .GroupBy>>|<<or .LabelValuesByName.x \"\" 0>>|<<and 1 0 2>>"), "pod,container|0|0");
-        assert_eq!(render("<<if and (eq (len .GroupBySlice) 2) (ne .Series \"x\")>>yes<<end>>"), "yes");
-        assert_eq!(render("<<if lt 1 2>>a<<end>><<if ge \"b\" \"a\">>b<<end>><<if eq .GroupBy \"x\" \"pod,container\">>c<<end>>"), "abc");
-        assert_eq!(render(r#"<<"a\tb\x41\u00e9\101" | print>>|<<`raw\n`>>"#), "a\tbAéA|raw\\n");
-        assert_eq!(render("<<-1>> <<0x10>> <<017>> <<true>> <<print nil>>"), "-1 16 15 true <nil>");
+        assert_eq!(
+            render("<<and .Series .GroupBy>>|<<or .LabelValuesByName.x \"\" 0>>|<<and 1 0 2>>"),
+            "pod,container|0|0"
+        );
+        assert_eq!(
+            render("<<if and (eq (len .GroupBySlice) 2) (ne .Series \"x\")>>yes<<end>>"),
+            "yes"
+        );
+        assert_eq!(
+            render(
+                "<<if lt 1 2>>a<<end>><<if ge \"b\" \"a\">>b<<end>><<if eq .GroupBy \"x\" \"pod,container\">>c<<end>>"
+            ),
+            "abc"
+        );
+        assert_eq!(
+            render(r#"<<"a\tb\x41\u00e9\101" | print>>|<<`raw\n`>>"#),
+            "a\tbAéA|raw\\n"
+        );
+        assert_eq!(
+            render("<<-1>> <<0x10>> <<017>> <<true>> <<print nil>>"),
+            "-1 16 15 true <nil>"
+        );
     }
 
     #[test]
@@ -1623,14 +1799,26 @@ mod tests {
     #[test]
     fn parse_errors_say_where() {
         let e = parse_err("sum(<<.Series) by (x)");
-        assert!(e.contains("unclosed action") && e.contains("column 5") && e.contains("<<.Series) by (x)"), "{e}");
+        assert!(
+            e.contains("unclosed action") && e.contains("column 5") && e.contains("<<.Series) by (x)"),
+            "{e}"
+        );
         let e = parse_err("sum(<<.Series>>{<<.LabelMatchers}) by (x)");
-        assert!(e.contains("unexpected '}' in action") && e.contains("column 33:"), "{e}");
+        assert!(
+            e.contains("unexpected '}' in action") && e.contains("column 33:"),
+            "{e}"
+        );
         assert!(e.ends_with("(in `<<.LabelMatchers}`)"), "{e}");
         let e = parse_err("<<join .GroupBySlice \",\">>");
-        assert!(e.contains(r#"function "join" not defined"#) && e.contains("column 3"), "{e}");
+        assert!(
+            e.contains(r#"function "join" not defined"#) && e.contains("column 3"),
+            "{e}"
+        );
         let e = parse_err("x\n<<end>>");
-        assert!(e.contains("<<end>> without a matching") && e.contains("line 2, column 1"), "{e}");
+        assert!(
+            e.contains("<<end>> without a matching") && e.contains("line 2, column 1"),
+            "{e}"
+        );
         let e = parse_err("<<if .A>>x");
         assert!(e.contains("unclosed <<if>>"), "{e}");
         assert!(parse_err("<<else>>").contains("<<else>> without"));
@@ -1652,7 +1840,10 @@ mod tests {
     #[test]
     fn exec_errors_say_where() {
         let e = exec_err("sum(<<.Seriez>>)");
-        assert!(e.contains("can't evaluate field Seriez") && e.contains("`<<.Seriez>>`"), "{e}");
+        assert!(
+            e.contains("can't evaluate field Seriez") && e.contains("`<<.Seriez>>`"),
+            "{e}"
+        );
         assert!(exec_err("<<index .GroupBySlice 5>>").contains("index out of range: 5"));
         assert!(exec_err("<<len 1>>").contains("len of type int"));
         assert!(exec_err("<<eq .GroupBySlice 1>>").contains("non-comparable"));
