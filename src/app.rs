@@ -45,6 +45,7 @@ pub struct State {
     pub metrics_max_age: Duration,
     /// Further conditions for readiness (object caches synced, ...).
     pub ready_checks: Vec<ReadyCheck>,
+    pub metrics: crate::telemetry::Metrics,
 }
 
 pub type SharedState = Arc<State>;
@@ -65,6 +66,7 @@ impl State {
             relisted: AtomicBool::new(false),
             metrics_max_age,
             ready_checks: Vec::new(),
+            metrics: Default::default(),
         }
     }
 
@@ -95,11 +97,7 @@ impl State {
             use_post: args.prometheus_verb == PrometheusVerb::Post,
             timeout: args.prometheus_timeout,
         })?;
-        let custom = rules::default_rules(&crate::config::promql_duration(args.rate_interval))?;
-        let rules = RuleSet {
-            custom,
-            external: Vec::new(),
-        };
+        let rules = load_rules(args)?;
         let objects: Option<Arc<dyn ObjectSource>> = match &args.objects_file {
             Some(path) => Some(Arc::new(StaticObjects::load(path)?)),
             None => None,
@@ -137,6 +135,7 @@ impl State {
             match self.prometheus.series(query, start, end).await {
                 Ok(series) => fetched.push((custom, external, series)),
                 Err(err) => {
+                    self.metrics.relist_failures.inc();
                     tracing::warn!(series_query = query, error = %err, "Listing series failed; keeping this query's metrics");
                     failed_custom.extend(custom);
                     failed_external.extend(external);
@@ -170,6 +169,7 @@ impl State {
         }
         discovery.rules = rules;
         let count = discovery.len();
+        self.metrics.discovered_metrics.set(count as i64);
         self.discovery.store(Arc::new(discovery));
         if previous.len() != count {
             tracing::info!(
@@ -179,6 +179,48 @@ impl State {
             );
         }
         Ok(count)
+    }
+
+    /// Re-reads `--config` every `interval` and, when its contents changed, validates it and swaps
+    /// the rules in (then relists at once). A bad file keeps the old rules; the log and the metric
+    /// `custom_metrics_adapter_config_last_reload_successful` say so. ConfigMap mounts swap a
+    /// `..data` symlink, which a content comparison sees like any edit.
+    pub async fn reload_loop(
+        self: Arc<Self>,
+        args: Args,
+        interval: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let Some(path) = args.config.clone() else { return };
+        tokio::pin!(shutdown);
+        let mut last = std::fs::read(&path).ok();
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let current = std::fs::read(&path).ok();
+            if current == last {
+                continue;
+            }
+            last = current;
+            match load_rules(&args) {
+                Ok(rules) => {
+                    self.rules.store(Arc::new(rules));
+                    self.metrics.config_last_reload_successful.set(1);
+                    self.metrics.count_reload("success");
+                    tracing::info!(config = %path.display(), "Reloaded the rules");
+                    if let Err(err) = self.relist().await {
+                        tracing::warn!(error = %err, "Relisting after the reload failed");
+                    }
+                }
+                Err(err) => {
+                    self.metrics.config_last_reload_successful.set(0);
+                    self.metrics.count_reload("failure");
+                    tracing::error!(config = %path.display(), error = %format!("{err:#}"), "Keeping the previous rules: the new file is invalid");
+                }
+            }
+        }
     }
 
     /// Relists now and then every `interval`, until `shutdown` resolves.
@@ -200,6 +242,24 @@ impl State {
             self.relisted.store(true, Ordering::Release);
         }
     }
+}
+
+/// The rules of `--config`, or the built-in defaults with `--rate-interval`.
+pub fn load_rules(args: &Args) -> anyhow::Result<RuleSet> {
+    let Some(path) = &args.config else {
+        let custom = rules::default_rules(&crate::config::promql_duration(args.rate_interval))?;
+        return Ok(RuleSet {
+            custom,
+            external: Vec::new(),
+        });
+    };
+    let config = rules::config::load(path)?;
+    let set = config.rule_set()?;
+    for warning in rules::lint(&set) {
+        tracing::warn!(config = %path.display(), "{warning}");
+    }
+    tracing::info!(config = %path.display(), rules = set.custom.len(), external_rules = set.external.len(), "Loaded rules");
+    Ok(set)
 }
 
 /// With `--prometheus-auth-incluster`, the pod's service-account file `name`.
@@ -265,6 +325,11 @@ pub async fn serve(
         tls.clone()
             .reload_loop(Duration::from_secs(10), stopped(stop_rx.clone())),
     );
+    let config_reload = tokio::spawn(state.clone().reload_loop(
+        args.clone(),
+        Duration::from_secs(5),
+        stopped(stop_rx.clone()),
+    ));
     let router = crate::api::router(state, auth);
     let result = server::serve(listener, tls, router, async move {
         shutdown.await;
@@ -272,7 +337,7 @@ pub async fn serve(
     })
     .await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(relist, reload);
+    let _ = tokio::join!(relist, reload, config_reload);
     result.map_err(Into::into)
 }
 

@@ -35,6 +35,22 @@ pub enum PrometheusVerb {
     Post,
 }
 
+/// Subcommands; without one the adapter serves.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Validate a rules file (errors name the line); with --prometheus-url, run one discovery and
+    /// print the discovery document and the PromQL a sample request of each metric runs.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        prometheus_url: Option<String>,
+        /// Namespace of the sample requests.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+}
+
 /// Flags of the `custom-metrics-adapter` binary.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -43,6 +59,9 @@ pub enum PrometheusVerb {
     about = "Kubernetes custom metrics API server backed by Prometheus"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Port to serve HTTPS on.
     #[arg(long, default_value_t = 6443)]
     pub secure_port: u16,

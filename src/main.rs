@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use custom_metrics_adapter::{
+    check,
     config::{self, Args},
     telemetry,
 };
@@ -19,6 +20,17 @@ async fn main() -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    if let Some(config::Command::CheckConfig {
+        config,
+        prometheus_url,
+        namespace,
+    }) = &args.command
+    {
+        let report = check::check_config(config, prometheus_url.as_deref(), namespace).await;
+        return report
+            .map(|text| print!("{text}"))
+            .map_err(|err| anyhow::anyhow!("{err:#}"));
+    }
     if let Err(err) = custom_metrics_adapter::run(args, shutdown_signal()).await {
         tracing::error!(error = %err, "Exiting");
         return Err(err);

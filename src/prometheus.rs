@@ -201,9 +201,16 @@ impl Client {
         // Collected into one buffer sized from Content-Length: large series listings are not
         // copied a second time.
         let mut response = response;
-        let capacity = response.content_length().unwrap_or(16 * 1024).min(256 * 1024 * 1024) as usize;
+        let capacity = response
+            .content_length()
+            .unwrap_or(16 * 1024)
+            .min(256 * 1024 * 1024) as usize;
         let mut body = Vec::with_capacity(capacity);
-        while let Some(chunk) = response.chunk().await.map_err(|err| self.transport_error(&url, err))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| self.transport_error(&url, err))?
+        {
             body.extend_from_slice(&chunk);
         }
         tracing::debug!(%url, status, elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
@@ -270,7 +277,10 @@ impl<'de> Deserialize<'de> for SeriesList {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a list of label sets")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<SeriesList, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<SeriesList, A::Error> {
                 // Shapes by hash; most series repeat a shape already seen, so only new ones allocate.
                 let mut known: std::collections::HashMap<u64, Vec<SeriesShape>> = Default::default();
                 let mut series = 0;
@@ -329,11 +339,16 @@ impl BorrowedShape<'_> {
     }
 
     fn is(&self, known: &SeriesShape) -> bool {
-        known.name == self.name && known.labels.len() == self.labels.len() && known.labels.iter().zip(&self.labels).all(|(a, b)| a == b)
+        known.name == self.name
+            && known.labels.len() == self.labels.len()
+            && known.labels.iter().zip(&self.labels).all(|(a, b)| a == b)
     }
 
     fn to_owned(&self) -> SeriesShape {
-        SeriesShape { name: self.name.to_string(), labels: self.labels.iter().map(|l| l.to_string()).collect() }
+        SeriesShape {
+            name: self.name.to_string(),
+            labels: self.labels.iter().map(|l| l.to_string()).collect(),
+        }
     }
 }
 
@@ -345,7 +360,10 @@ impl<'de> Deserialize<'de> for BorrowedShape<'de> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a label set")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let mut name = std::borrow::Cow::Borrowed("");
                 let mut labels = Vec::new();
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {

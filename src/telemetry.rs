@@ -22,3 +22,71 @@ pub fn init(format: LogFormat, verbosity: u8) {
         LogFormat::Text => builder.init(),
     }
 }
+
+/// The adapter's own metrics, served on `/metrics`.
+pub struct Metrics {
+    registry: prometheus_client::registry::Registry,
+    /// 1 when the last configuration reload succeeded (or none was needed), 0 after a bad file.
+    pub config_last_reload_successful: prometheus_client::metrics::gauge::Gauge,
+    /// Configuration reloads, by result (`success`, `failure`).
+    pub config_reloads: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// Series relists that failed for at least one series query.
+    pub relist_failures: prometheus_client::metrics::counter::Counter,
+    /// Discovered (resource, metric) pairs and external metrics.
+    pub discovered_metrics: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = prometheus_client::registry::Registry::with_prefix("custom_metrics_adapter");
+        let metrics = Self {
+            registry: Default::default(),
+            config_last_reload_successful: Default::default(),
+            config_reloads: Default::default(),
+            relist_failures: Default::default(),
+            discovered_metrics: Default::default(),
+        };
+        metrics.config_last_reload_successful.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "Whether the last reload of --config succeeded",
+            metrics.config_last_reload_successful.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Reloads of --config by result",
+            metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "relist_failures",
+            "Series relists with a failed series query",
+            metrics.relist_failures.clone(),
+        );
+        registry.register(
+            "discovered_metrics",
+            "Discovered metrics",
+            metrics.discovered_metrics.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::warn!(error = %err, "Encoding metrics failed");
+        }
+        text
+    }
+
+    pub fn count_reload(&self, result: &str) {
+        self.config_reloads
+            .get_or_create(&vec![("result".to_owned(), result.to_owned())])
+            .inc();
+    }
+}

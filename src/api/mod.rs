@@ -99,6 +99,7 @@ pub fn router(state: SharedState, auth: Option<std::sync::Arc<crate::auth::Auth>
         .route("/livez/ping", get(health))
         .route("/readyz/ping", get(health))
         .route("/version", get(discovery::version))
+        .route("/metrics", get(own_metrics))
         .route("/openapi/v2", get(discovery::openapi_v2))
         .route("/openapi/v3", get(discovery::openapi_v3))
         .fallback(|| async { ApiError::unknown_route() })
@@ -138,6 +139,16 @@ pub fn json_response<T: Serialize>(code: StatusCode, value: &T, pretty: bool) ->
 /// `?pretty=true` as the Go API server reads it.
 fn wants_pretty(params: &BTreeMap<String, String>) -> bool {
     params.get("pretty").is_some_and(|v| v == "true" || v == "1")
+}
+
+/// The adapter's own metrics in Prometheus' text format.
+async fn own_metrics(State(state): State<SharedState>) -> Response {
+    let mut response = state.metrics.encode().into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 async fn health() -> &'static str {

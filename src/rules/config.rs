@@ -901,7 +901,7 @@ mod tests {
         ];
         for (i, (a, b)) in ours.iter().zip(&builtin).enumerate() {
             assert_eq!(a.series_query, b.series_query, "rule {i}");
-            assert_eq!(a.metrics_query, b.metrics_query, "rule {i}");
+            assert_eq!(a.metrics_query.source(), b.metrics_query.source(), "rule {i}");
             assert_eq!(a.name_as, b.name_as, "rule {i}");
             assert_eq!(a.resources.overrides, b.resources.overrides, "rule {i}");
             assert_eq!(a.resources.template, b.resources.template, "rule {i}");

@@ -2,8 +2,8 @@
 //! PromQL a request runs. The rule model is prometheus-adapter's (`seriesQuery`, `seriesFilters`,
 //! `resources`, `name`, `metricsQuery`); the built-in rules are its config-gen defaults.
 
-mod discovery;
 pub mod config;
+mod discovery;
 pub mod promql;
 pub mod template;
 
@@ -38,6 +38,8 @@ pub enum Error {
     NoLabelForResource { rule: usize, resource: String },
     #[error(transparent)]
     Selector(#[from] promql::Error),
+    #[error("metricsQuery of rule {rule}: {message}")]
+    Template { rule: usize, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -99,6 +101,28 @@ impl RuleSet {
     }
 }
 
+/// Mistakes in a rule set that load but cannot work, as sentences for the log.
+pub fn lint(set: &RuleSet) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (index, rule) in set.custom.iter().enumerate() {
+        let query = rule.metrics_query.source();
+        // The answer is matched back to objects through the resource label, so the query must
+        // keep it (prometheus-adapter issue #194 and many like it).
+        if !query.contains("GroupBy") {
+            warnings.push(format!(
+                "rules[{index}]: metricsQuery {query:?} never uses .GroupBy or .GroupBySlice, so its results lose the \
+                 resource label and no object will match; aggregate with `by (<<.GroupBy>>)`"
+            ));
+        }
+        if !query.contains("LabelMatchers") {
+            warnings.push(format!(
+                "rules[{index}]: metricsQuery {query:?} never uses .LabelMatchers, so it ignores the request's namespace and objects"
+            ));
+        }
+    }
+    warnings
+}
+
 /// One discovery rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -107,7 +131,7 @@ pub struct Rule {
     pub name_matches: Regex,
     pub name_as: String,
     pub resources: ResourceMapping,
-    pub metrics_query: String,
+    pub metrics_query: template::Template,
     template_regex: Option<Regex>,
 }
 
@@ -149,7 +173,10 @@ impl Rule {
             name_matches,
             name_as,
             resources,
-            metrics_query: metrics_query.to_owned(),
+            metrics_query: template::Template::parse(metrics_query).map_err(|err| Error::Template {
+                rule: index,
+                message: err.to_string(),
+            })?,
             template_regex,
         })
     }
@@ -319,15 +346,26 @@ pub fn build_external_query(
             .ok_or_else(no_label)?;
         matchers.push(promql::matcher(&label, promql::MatchOp::Eq, namespace));
     }
-    Ok(render(rule, series, &matchers, &[]))
+    let values_by_label = BTreeMap::new();
+    render(rule, index, series, &matchers, &[], &values_by_label)
 }
 
-/// Fills a rule's `metricsQuery` with the series name, label matchers and group-by labels.
-fn render(rule: &Rule, series: &str, matchers: &[String], group_by: &[String]) -> String {
-    rule.metrics_query
-        .replace("<<.Series>>", series)
-        .replace("<<.LabelMatchers>>", &matchers.join(","))
-        .replace("<<.GroupBy>>", &group_by.join(","))
+/// Renders a rule's `metricsQuery` with prometheus-adapter's data: `.Series`, `.LabelMatchers`,
+/// `.GroupBy`, `.GroupBySlice` and `.LabelValuesByName`.
+fn render(
+    rule: &Rule,
+    index: usize,
+    series: &str,
+    matchers: &[String],
+    group_by: &[String],
+    values_by_label: &BTreeMap<String, Vec<String>>,
+) -> Result<String> {
+    template::render_metrics_query(&rule.metrics_query, series, matchers, group_by, values_by_label).map_err(
+        |err| Error::Template {
+            rule: index,
+            message: err.to_string(),
+        },
+    )
 }
 
 /// What a request asks of one metric.
@@ -389,7 +427,20 @@ pub fn build_query(
         None => promql::matcher(&resource_label, promql::MatchOp::Ne, ""),
     });
 
-    let promql = render(rule, series, &matchers, &group_by);
+    // `.LabelValuesByName`: values regex-escaped and string-escaped, since templates place them
+    // inside `=~"..."` (prometheus-adapter passes them raw).
+    let escape = |value: &str| {
+        let quoted = promql::go_quote(&promql::regex_escape(value));
+        quoted[1..quoted.len() - 1].to_owned()
+    };
+    let mut values_by_label = BTreeMap::new();
+    if let (Some(label), Some(namespace)) = (&namespace_label, req.namespace) {
+        values_by_label.insert(label.clone(), vec![escape(namespace)]);
+    }
+    if let Some(names) = req.names {
+        values_by_label.insert(resource_label.clone(), names.iter().map(|n| escape(n)).collect());
+    }
+    let promql = render(rule, index, series, &matchers, &group_by, &values_by_label)?;
     Ok(Query {
         promql,
         resource_label,

@@ -3,6 +3,7 @@
 
 mod clients;
 mod cluster;
+mod config;
 mod discovery;
 mod errors;
 mod external;

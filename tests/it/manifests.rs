@@ -744,7 +744,11 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
     for (i, (rule, expected)) in config.rules.iter().zip(&built_in).enumerate() {
         let at = format!("{object}: config.yaml rule {i}");
         assert_eq!(rule.series_query, expected.series_query, "{at}: seriesQuery");
-        assert_eq!(rule.metrics_query, expected.metrics_query, "{at}: metricsQuery");
+        assert_eq!(
+            rule.metrics_query,
+            expected.metrics_query.source(),
+            "{at}: metricsQuery"
+        );
         let matches = rule
             .name
             .as_ref()
