@@ -251,6 +251,7 @@ pub fn load_rules(args: &Args) -> anyhow::Result<RuleSet> {
         return Ok(RuleSet {
             custom,
             external: Vec::new(),
+            resource: None,
         });
     };
     let config = rules::config::load(path)?;

@@ -11,7 +11,7 @@ use axum::{
 use serde_json::json;
 
 use super::{
-    ApiError, EXTERNAL_GROUP, GROUPS, GroupDef, json_response, served_groups,
+    ApiError, EXTERNAL_GROUP, GROUPS, GroupDef, RESOURCE_GROUP, json_response, served_groups,
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
     wants_pretty,
 };
@@ -68,6 +68,17 @@ pub(super) async fn resource_list(
         .any(|g| g.name == group && g.versions.contains(&version.as_str()));
     let resources = if !served {
         return axum::response::IntoResponse::into_response(ApiError::unknown_route());
+    } else if group == RESOURCE_GROUP.name {
+        [("nodes", "NodeMetrics", false), ("pods", "PodMetrics", true)]
+            .into_iter()
+            .map(|(name, kind, namespaced)| ApiResource {
+                name: name.to_owned(),
+                singular_name: String::new(),
+                namespaced,
+                kind,
+                verbs: vec!["get", "list"],
+            })
+            .collect()
     } else if group == EXTERNAL_GROUP.name {
         discovery
             .external_metrics()

@@ -33,6 +33,11 @@ impl ApiError {
         Self::new(404, "NotFound", message.into(), None)
     }
 
+    /// 404 with the API server's details (name, group, kind).
+    pub fn not_found_with(message: String, details: StatusDetails) -> Self {
+        Self::new(404, "NotFound", message, Some(details))
+    }
+
     /// 404 for a path no route serves, as the Go mux answers it (`details: {}`).
     pub fn unknown_route() -> Self {
         Self::new(

@@ -4,6 +4,7 @@ mod custom;
 mod discovery;
 pub mod error;
 mod external;
+mod resource;
 pub mod types;
 
 use std::{collections::BTreeMap, time::Instant};
@@ -55,11 +56,21 @@ pub const EXTERNAL_GROUP: GroupDef = GroupDef {
     versions: &[external::VERSION],
 };
 
+/// The resource metrics group, served when the configuration has `resourceRules`.
+pub const RESOURCE_GROUP: GroupDef = GroupDef {
+    name: resource::GROUP,
+    versions: &[resource::VERSION],
+};
+
 /// The groups served with the current rules.
 pub fn served_groups(state: &crate::app::State) -> Vec<&'static GroupDef> {
     let mut groups: Vec<&'static GroupDef> = GROUPS.iter().collect();
-    if !state.rules.load().external.is_empty() {
+    let rules = state.rules.load();
+    if !rules.external.is_empty() {
         groups.push(&EXTERNAL_GROUP);
+    }
+    if rules.resource.is_some() {
+        groups.push(&RESOURCE_GROUP);
     }
     groups
 }
@@ -70,8 +81,12 @@ async fn metric(
     axum::extract::Path((group, version, path)): axum::extract::Path<(String, String, String)>,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Response {
-    if group == external::GROUP && served_groups(&state).iter().any(|g| g.name == group) {
+    let served = served_groups(&state).iter().any(|g| g.name == group);
+    if served && group == external::GROUP {
         return external::get_metric(&state, &version, &path, &params).await;
+    }
+    if served && group == resource::GROUP {
+        return resource::get(&state, &version, &path, &params).await;
     }
     custom::get_metric(&state, &group, &version, &path, &params).await
 }

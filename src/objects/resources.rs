@@ -28,6 +28,11 @@ impl ResourceInfo {
         }
     }
 
+    /// Core `nodes` (cluster-scoped).
+    pub fn node() -> Self {
+        Self::core("nodes", "node", "no", "Node", false)
+    }
+
     /// `GroupResource.String()`: `pods`, `deployments.apps`.
     pub fn group_resource(&self) -> String {
         if self.group.is_empty() {
@@ -62,6 +67,7 @@ impl Default for Resources {
                 ResourceInfo::core("pods", "pod", "po", "Pod", true),
                 ResourceInfo::core("services", "service", "svc", "Service", true),
                 ResourceInfo::core("namespaces", "namespace", "ns", "Namespace", false),
+                ResourceInfo::node(),
             ],
         }
     }

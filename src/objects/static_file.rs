@@ -20,6 +20,8 @@ struct File {
     pods: Vec<Entry>,
     #[serde(default)]
     services: Vec<ServiceEntry>,
+    #[serde(default)]
+    nodes: Vec<NamespaceEntry>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,8 +131,21 @@ impl StaticObjects {
                 labels: BTreeMap::new(),
             });
         }
-        let by_resource =
-            BTreeMap::from([("pods", pods), ("services", services), ("namespaces", namespaces)]);
+        let nodes = file
+            .nodes
+            .into_iter()
+            .map(|n| Object {
+                namespace: None,
+                name: n.name,
+                labels: n.labels,
+            })
+            .collect();
+        let by_resource = BTreeMap::from([
+            ("pods", pods),
+            ("services", services),
+            ("namespaces", namespaces),
+            ("nodes", nodes),
+        ]);
         Ok(Self {
             path: origin.into(),
             by_resource,
@@ -151,7 +166,7 @@ impl StaticObjects {
         Error::UnsupportedResource {
             source_name: self.describe(),
             resource: resource.group_resource(),
-            known: "pods, services, namespaces".into(),
+            known: "pods, services, namespaces, nodes".into(),
         }
     }
 }

@@ -279,6 +279,7 @@ impl Config {
         Ok(RuleSet {
             custom: self.custom_rules()?,
             external: self.external_metric_rules()?,
+            resource: self.resource_rules.clone(),
         })
     }
 

@@ -76,6 +76,8 @@ pub struct ResourceMapping {
 pub struct RuleSet {
     pub custom: Vec<Rule>,
     pub external: Vec<Rule>,
+    /// `resourceRules`: serve `metrics.k8s.io` from Prometheus when present.
+    pub resource: Option<config::ResourceRules>,
 }
 
 impl RuleSet {

@@ -45,6 +45,7 @@ fn rules() -> RuleSet {
     RuleSet {
         custom: default_rules("2m").unwrap(),
         external,
+        resource: None,
     }
 }
 

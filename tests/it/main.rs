@@ -9,5 +9,6 @@ mod errors;
 mod external;
 mod fake_kube;
 mod manifests;
+mod resource;
 mod serving;
 mod support;

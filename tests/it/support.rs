@@ -81,6 +81,30 @@ pub const SERIES: &[Series] = &[
         r#"jobs_processed_total{namespace="default",crontab="nightly"}"#,
         2.0,
     ),
+    // cAdvisor and kubelet series for resourceRules (metrics.k8s.io).
+    counter(
+        r#"container_cpu_usage_seconds_total{namespace="default",pod="backend-0",container="app"}"#,
+        0.25,
+    ),
+    counter(
+        r#"container_cpu_usage_seconds_total{namespace="default",pod="backend-0",container="sidecar"}"#,
+        0.05,
+    ),
+    gauge(
+        r#"container_memory_working_set_bytes{namespace="default",pod="backend-0",container="app"}"#,
+        "104857600",
+    ),
+    gauge(
+        r#"container_memory_working_set_bytes{namespace="default",pod="backend-0",container="sidecar"}"#,
+        "1048576",
+    ),
+    counter(
+        r#"container_cpu_usage_seconds_total{namespace="default",pod="worker-0",container="app"}"#,
+        1.5,
+    ),
+    counter(r#"node_cpu_usage_seconds_total{node="node-1"}"#, 1.25),
+    gauge(r#"node_memory_working_set_bytes{node="node-1"}"#, "2147483648"),
+    counter(r#"node_cpu_usage_seconds_total{node="node-2"}"#, 0.5),
     gauge(r#"queue_depth{namespace="default",pod="worker-0"}"#, "42"),
     gauge(
         r#"temperature_celsius{namespace="default",pod="worker-0"}"#,
@@ -351,6 +375,7 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
     let rules = options.rules.clone().unwrap_or_else(|| RuleSet {
         custom: default_rules("2m").expect("default rules"),
         external: Vec::new(),
+        resource: None,
     });
     let objects: Option<Arc<dyn ObjectSource>> = options
         .objects_yaml
@@ -441,12 +466,12 @@ pub fn assert_close(actual: f64, expected: f64, what: &str) {
 
 /// Replaces what changes between runs (sample values, timestamps, ports) so shapes can be pinned.
 pub fn normalize(body: &str) -> String {
-    let body = regex::Regex::new(r#""timestamp":"[^"]+""#)
+    let body = regex::Regex::new(r#""(timestamp|creationTimestamp)":"[^"]+""#)
         .unwrap()
-        .replace_all(body, r#""timestamp":"<timestamp>""#);
-    let body = regex::Regex::new(r#""value":"[^"]+""#)
+        .replace_all(body, r#""$1":"<timestamp>""#);
+    let body = regex::Regex::new(r#""(value|cpu)":"[^"]+""#)
         .unwrap()
-        .replace_all(&body, r#""value":"<quantity>""#);
+        .replace_all(&body, r#""$1":"<quantity>""#);
     let body = regex::Regex::new(r"127\.0\.0\.1:\d+")
         .unwrap()
         .replace_all(&body, "127.0.0.1:<port>");
@@ -478,4 +503,71 @@ pub fn now_secs() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// An adapter started through its real start-up path (`app::serve`) with `flags` (plus the
+/// Prometheus URL and a certificate directory); stops when dropped.
+pub struct Served {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Served {
+    pub async fn start(flags: &[&str]) -> Served {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cert_dir = dir.path().join("certs").display().to_string();
+        let mut argv = vec![
+            "custom-metrics-adapter",
+            "--prometheus-url",
+            &env().prometheus_url,
+            "--cert-dir",
+            &cert_dir,
+        ];
+        argv.extend_from_slice(flags);
+        let args = <custom_metrics_adapter::config::Args as clap::Parser>::parse_from(argv);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            if let Err(err) = custom_metrics_adapter::app::serve(args, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            {
+                eprintln!("adapter stopped: {err:#}");
+            }
+        });
+        let served = Served {
+            addr,
+            stop: Some(stop),
+            _dir: dir,
+        };
+        for _ in 0..100 {
+            if served.get("/readyz").await.0 == 200 {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("adapter not ready within 10 s: {:?}", served.get("/readyz").await);
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        match https().get(format!("https://{}{path}", self.addr)).send().await {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(err) => (0, err.to_string()),
+        }
+    }
 }

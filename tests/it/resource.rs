@@ -1,0 +1,142 @@
+//! metrics.k8s.io from resourceRules: what `kubectl top` and the HPA's cpu/memory targets read.
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// prometheus-adapter's shipped resourceRules (deploy/manifests/config-map.yaml), 1s scrapes aside.
+const CONFIG: &str = r#"resourceRules:
+  cpu:
+    containerQuery: |
+      sum by (<<.GroupBy>>) (
+        irate(container_cpu_usage_seconds_total{<<.LabelMatchers>>,container!="",pod!=""}[4m])
+      )
+    nodeQuery: |
+      sum by (<<.GroupBy>>) (irate(node_cpu_usage_seconds_total{<<.LabelMatchers>>}[4m]))
+    resources:
+      overrides:
+        node: {resource: node}
+        namespace: {resource: namespace}
+        pod: {resource: pod}
+    containerLabel: container
+  memory:
+    containerQuery: |
+      sum by (<<.GroupBy>>) (container_memory_working_set_bytes{<<.LabelMatchers>>,container!="",pod!=""})
+    nodeQuery: |
+      sum by (<<.GroupBy>>) (node_memory_working_set_bytes{<<.LabelMatchers>>})
+    resources:
+      overrides:
+        node: {resource: node}
+        namespace: {resource: namespace}
+        pod: {resource: pod}
+    containerLabel: container
+  window: 5m
+"#;
+
+const M: &str = "/apis/metrics.k8s.io/v1beta1";
+
+async fn start() -> (Served, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let objects = dir.path().join("objects.yaml");
+    std::fs::write(
+        &objects,
+        format!("{OBJECTS_YAML}nodes:\n  - {{name: node-1}}\n  - {{name: node-2}}\n"),
+    )
+    .unwrap();
+    let (config, objects) = (config.display().to_string(), objects.display().to_string());
+    let served = Served::start(&[
+        "--config",
+        &config,
+        "--objects-file",
+        &objects,
+        "--insecure-allow-anonymous",
+    ])
+    .await;
+    (served, dir)
+}
+
+fn usage(item: &Value) -> (f64, f64) {
+    let cpu = quantity(item["usage"]["cpu"].as_str().unwrap());
+    let memory = quantity(item["usage"]["memory"].as_str().unwrap());
+    (cpu, memory)
+}
+
+#[tokio::test]
+async fn pod_metrics_per_container() {
+    let (adapter, _dir) = start().await;
+    let (status, body) = adapter.get(&format!("{M}/namespaces/default/pods")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_golden("pod_metrics_list", &body);
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let items = list["items"].as_array().unwrap();
+    // worker-0 has cpu but no memory samples: left out, as prometheus-adapter does.
+    assert_eq!(items.len(), 1, "{body}");
+    assert_eq!(
+        (items[0]["metadata"]["name"].as_str(), items[0]["window"].as_str()),
+        (Some("backend-0"), Some("5m0s"))
+    );
+    let containers = items[0]["containers"].as_array().unwrap();
+    assert_eq!(containers[0]["name"], "app");
+    assert_eq!(containers[0]["usage"]["memory"], "100Mi");
+    assert_eq!(containers[1]["usage"]["memory"], "1Mi");
+    assert_close(usage(&containers[0]).0, 0.25, "app cpu");
+    // irate over two scrapes, then truncated to whole millicores: 50m may read 49m.
+    let sidecar = usage(&containers[1]).0;
+    assert!(
+        (sidecar - 0.05).abs() <= 0.0015,
+        "sidecar cpu {sidecar}, true 0.05"
+    );
+
+    let (status, body) = adapter
+        .get(&format!("{M}/namespaces/default/pods/backend-0"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["kind"],
+        "PodMetrics"
+    );
+    let (status, body) = adapter
+        .get(&format!("{M}/namespaces/default/pods/worker-0"))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains(r#""message":"pods.metrics.k8s.io \"worker-0\" not found""#),
+        "{body}"
+    );
+    // labelSelector over the pods' labels.
+    let (status, body) = adapter
+        .get(&format!(
+            "{M}/namespaces/default/pods?labelSelector=app%3Dsample-metrics-app"
+        ))
+        .await;
+    assert_eq!((status, body.contains("backend-0")), (200, false), "{body}");
+}
+
+#[tokio::test]
+async fn node_metrics_and_discovery() {
+    let (adapter, _dir) = start().await;
+    let (status, body) = adapter.get(&format!("{M}/nodes")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_golden("node_metrics_list", &body);
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "node-2 has no memory sample: {body}");
+    assert_eq!(items[0]["usage"]["memory"], "2Gi");
+    assert_close(usage(&items[0]).0, 1.25, "node cpu");
+    let (status, body) = adapter.get(&format!("{M}/nodes/node-1")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(adapter.get(&format!("{M}/nodes/node-2")).await.0, 404);
+
+    let (status, body) = adapter.get(M).await;
+    assert_eq!(status, 200);
+    assert_golden("resources_metrics_v1beta1", &body);
+    assert!(
+        adapter
+            .get("/apis")
+            .await
+            .1
+            .contains(r#"{"name":"metrics.k8s.io""#)
+    );
+}
