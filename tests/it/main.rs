@@ -5,6 +5,7 @@ mod clients;
 mod cluster;
 mod config;
 mod discovery;
+mod dropin;
 mod errors;
 mod external;
 mod fake_kube;

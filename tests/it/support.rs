@@ -161,9 +161,9 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// How much history is written into Prometheus before it starts: more than the 2-minute rate
-/// window, so rate() reports the true rate at once instead of after two minutes of scraping.
-const HISTORY_SECS: u64 = 180;
+/// How much history is written into Prometheus before it starts: more than the 5-minute rate
+/// window of prometheus-adapter's defaults, so rate() reports the true rate at once.
+const HISTORY_SECS: u64 = 330;
 
 fn unix_now() -> f64 {
     SystemTime::now()

@@ -1,0 +1,204 @@
+//! The drop-in promise: the real binary, started with prometheus-adapter's own Deployment args and
+//! the Helm chart's default rules file, against a cluster (the fake API server, found through
+//! `KUBECONFIG` as in-cluster config would be) and the real Prometheus.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{fake_kube::FakeKube, support::*};
+
+/// The Helm chart's `rules.default: true` rendering (prometheus-community/prometheus-adapter).
+const HELM_DEFAULT_RULES: &str = r#"rules:
+- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
+  seriesFilters: []
+  resources:
+    overrides:
+      namespace:
+        resource: namespace
+      pod:
+        resource: pod
+  name:
+    matches: ^container_(.*)_seconds_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m])) by (<<.GroupBy>>)
+- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
+  seriesFilters:
+  - isNot: ^container_.*_seconds_total$
+  resources:
+    overrides:
+      namespace:
+        resource: namespace
+      pod:
+        resource: pod
+  name:
+    matches: ^container_(.*)_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m])) by (<<.GroupBy>>)
+- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
+  seriesFilters:
+  - isNot: ^container_.*_total$
+  resources:
+    overrides:
+      namespace:
+        resource: namespace
+      pod:
+        resource: pod
+  name:
+    matches: ^container_(.*)$
+    as: ""
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>,container!="POD"}) by (<<.GroupBy>>)
+- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
+  seriesFilters:
+  - isNot: .*_total$
+  resources:
+    template: <<.Resource>>
+  name:
+    matches: ""
+    as: ""
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
+  seriesFilters:
+  - isNot: .*_seconds_total
+  resources:
+    template: <<.Resource>>
+  name:
+    matches: ^(.*)_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
+- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
+  seriesFilters: []
+  resources:
+    template: <<.Resource>>
+  name:
+    matches: ^(.*)_seconds_total$
+    as: ""
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
+"#;
+
+#[tokio::test]
+async fn prometheus_adapter_args_and_helm_rules_work_unchanged() {
+    let fake = FakeKube::start().await;
+    for i in 0..3 {
+        fake.upsert_pod(
+            "default",
+            &format!("sample-metrics-app-{i}"),
+            &[("app", "sample-metrics-app")],
+            "Running",
+        );
+    }
+    fake.upsert_service("default", "sample-metrics-app", &[("app", "sample-metrics-app")]);
+    fake.set_auth_configmap(&[]);
+    fake.add_token(
+        "token-of-hpa",
+        "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+        &[],
+    );
+    fake.allow(
+        "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+        "get",
+        "custom.metrics.k8s.io",
+        "*",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.write_kubeconfig(dir.path());
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, HELM_DEFAULT_RULES).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // prometheus-adapter's deploy/manifests/deployment.yaml args, and the Helm chart's --v/--logtostderr.
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_custom-metrics-adapter"))
+        .env("KUBECONFIG", &kubeconfig)
+        .arg(format!(
+            "--cert-dir={}",
+            dir.path().join("serving-cert").display()
+        ))
+        .arg(format!("--config={}", config.display()))
+        .arg("--metrics-relist-interval=1m")
+        .arg(format!("--prometheus-url={}/", env().prometheus_url))
+        .arg(format!("--secure-port={port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg(
+            "--tls-cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        )
+        .arg("--logtostderr=true")
+        .arg("--v=4")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let client = https();
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = client.get(url("/readyz")).send().await
+            && response.status().as_u16() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the adapter did not become ready with prometheus-adapter's args"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests?labelSelector=app%3Dsample-metrics-app";
+    let response = client
+        .get(url(path))
+        .bearer_auth("token-of-hpa")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    let items = list["items"].as_array().unwrap();
+    let names: Vec<&str> = items
+        .iter()
+        .map(|i| i["describedObject"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "sample-metrics-app-0",
+            "sample-metrics-app-1",
+            "sample-metrics-app-2"
+        ]
+    );
+    let total: f64 = items.iter().map(|i| quantity(i["value"].as_str().unwrap())).sum();
+    assert_close(total, SEED_SERVICE_RATE, "5m rate summed over the HPA's pods");
+
+    // SIGTERM: a graceful exit, and the generic flags were accepted and reported as ignored.
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit after SIGTERM: {:?}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stderr.contains("--tls-cipher-suites") && stderr.contains("no effect here"),
+        "{stderr}"
+    );
+}
