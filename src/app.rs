@@ -246,20 +246,32 @@ impl State {
 
 /// The rules of `--config`, or the built-in defaults with `--rate-interval`.
 pub fn load_rules(args: &Args) -> anyhow::Result<RuleSet> {
-    let Some(path) = &args.config else {
-        let custom = rules::default_rules(&crate::config::promql_duration(args.rate_interval))?;
-        return Ok(RuleSet {
-            custom,
-            external: Vec::new(),
-            resource: None,
-        });
+    let mut set = match &args.config {
+        None => {
+            let custom = rules::default_rules(&crate::config::promql_duration(args.rate_interval))?;
+            RuleSet {
+                custom,
+                external: Vec::new(),
+                resource: None,
+            }
+        }
+        Some(path) => {
+            let set = rules::config::load(path)?.rule_set()?;
+            for warning in rules::lint(&set) {
+                tracing::warn!(config = %path.display(), "{warning}");
+            }
+            tracing::info!(config = %path.display(), rules = set.custom.len(), external_rules = set.external.len(), "Loaded rules");
+            set
+        }
     };
-    let config = rules::config::load(path)?;
-    let set = config.rule_set()?;
-    for warning in rules::lint(&set) {
-        tracing::warn!(config = %path.display(), "{warning}");
+    if args.metric_selector_regex_passthrough {
+        tracing::warn!(
+            "--metric-selector-regex-passthrough: single-value `in` selectors reach Prometheus as raw regexes"
+        );
+        for rule in set.custom.iter_mut().chain(set.external.iter_mut()) {
+            rule.in_regex = rules::promql::InRegex::Passthrough;
+        }
     }
-    tracing::info!(config = %path.display(), rules = set.custom.len(), external_rules = set.external.len(), "Loaded rules");
     Ok(set)
 }
 

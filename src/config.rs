@@ -127,6 +127,12 @@ pub struct Args {
     #[arg(long, short = 'v', default_value_t = 0)]
     pub v: u8,
 
+    /// Let a single-value `in` in a metric label selector pass through as a raw regex, as
+    /// prometheus-adapter does (`code in (5..)` → `code=~"5.."`). Off: values are escaped, so
+    /// callers cannot inject regexes.
+    #[arg(long)]
+    pub metric_selector_regex_passthrough: bool,
+
     /// prometheus-adapter's rules file (rules, externalRules, resourceRules). Without it the
     /// built-in default rules apply.
     #[arg(long)]

@@ -134,6 +134,8 @@ pub struct Rule {
     pub name_as: String,
     pub resources: ResourceMapping,
     pub metrics_query: template::Template,
+    /// How single-value `in` requirements of a metric selector become PromQL.
+    pub in_regex: promql::InRegex,
     template_regex: Option<Regex>,
 }
 
@@ -179,6 +181,7 @@ impl Rule {
                 rule: index,
                 message: err.to_string(),
             })?,
+            in_regex: promql::InRegex::Escaped,
             template_regex,
         })
     }
@@ -336,7 +339,7 @@ pub fn build_external_query(
     metric_selector: &Selector,
     resources: &Resources,
 ) -> Result<String> {
-    let mut matchers = promql::selector_matchers(metric_selector)?;
+    let mut matchers = promql::selector_matchers(metric_selector, rule.in_regex)?;
     if rule.resources.namespaced.unwrap_or(true) {
         let no_label = || Error::NoLabelForResource {
             rule: index,
@@ -413,7 +416,7 @@ pub fn build_query(
         _ => None,
     };
 
-    let mut matchers = promql::selector_matchers(req.metric_selector)?;
+    let mut matchers = promql::selector_matchers(req.metric_selector, rule.in_regex)?;
     let mut group_by = vec![resource_label.clone()];
     if let Some(namespace_label) = &namespace_label {
         match req.namespace {

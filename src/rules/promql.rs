@@ -141,14 +141,28 @@ fn is_label_name(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// One PromQL matcher per requirement of a `metricLabelSelector`, in key order, as prometheus-adapter
-/// builds them, except that values inside regex matchers are escaped: `in (a.b)` matches only `a.b`,
-/// where prometheus-adapter would pass the value through as a regex.
-pub fn selector_matchers(sel: &Selector) -> Result<Vec<String>> {
-    sel.requirements().iter().map(requirement_matcher).collect()
+/// How a single-value `in` requirement becomes PromQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InRegex {
+    /// `k in (a.b)` matches only `a.b` (the value is regex-escaped).
+    #[default]
+    Escaped,
+    /// prometheus-adapter's passthrough: `k in (a.*)` becomes `k=~"a.*"`, a raw regex
+    /// (`--metric-selector-regex-passthrough`; any caller can then send any regex).
+    Passthrough,
 }
 
-fn requirement_matcher(requirement: &Requirement) -> Result<String> {
+/// One PromQL matcher per requirement of a `metricLabelSelector`, in key order, as prometheus-adapter
+/// builds them, except that values inside regex matchers are escaped: `in (a.b)` matches only `a.b`,
+/// where prometheus-adapter would pass the value through as a regex (see [`InRegex`]).
+pub fn selector_matchers(sel: &Selector, in_regex: InRegex) -> Result<Vec<String>> {
+    sel.requirements()
+        .iter()
+        .map(|r| requirement_matcher(r, in_regex))
+        .collect()
+}
+
+fn requirement_matcher(requirement: &Requirement, in_regex: InRegex) -> Result<String> {
     let key = requirement.key.as_str();
     if !is_label_name(key) {
         return Err(Error::InvalidLabelName { key: key.to_owned() });
@@ -156,6 +170,7 @@ fn requirement_matcher(requirement: &Requirement) -> Result<String> {
     Ok(match (requirement.operator, requirement.values.as_slice()) {
         (Operator::Equals | Operator::DoubleEquals, [value]) => matcher(key, MatchOp::Eq, value),
         (Operator::NotEquals, [value]) => matcher(key, MatchOp::Ne, value),
+        (Operator::In, [value]) if in_regex == InRegex::Passthrough => matcher(key, MatchOp::Re, value),
         (Operator::Equals | Operator::DoubleEquals | Operator::In, values) => {
             matcher(key, MatchOp::Re, &alternation(values))
         }
@@ -180,7 +195,17 @@ mod tests {
     }
 
     fn matchers(selector: &str) -> Result<Vec<String>> {
-        selector_matchers(&Selector::parse(selector).unwrap())
+        selector_matchers(&Selector::parse(selector).unwrap(), InRegex::Escaped)
+    }
+
+    #[test]
+    fn single_value_in_passthrough_is_opt_in() {
+        let selector = Selector::parse("path in (a.b)").unwrap();
+        let escaped = selector_matchers(&selector, InRegex::Escaped).unwrap();
+        let raw = selector_matchers(&selector, InRegex::Passthrough).unwrap();
+        assert_ne!(escaped, raw);
+        assert_eq!(raw, [r#"path=~"a.b""#]);
+        assert_eq!(escaped, [r#"path=~"a\\.b""#]);
     }
 
     #[test]
