@@ -1,6 +1,8 @@
 //! The `custom-metrics-adapter` binary: flags, logging, crypto provider, run.
 #![forbid(unsafe_code)]
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use custom_metrics_adapter::{
     check,
@@ -9,7 +11,7 @@ use custom_metrics_adapter::{
 };
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let (argv, ignored) = config::split_ignored_flags(std::env::args_os());
     let args = Args::parse_from(argv);
     telemetry::init(args.log_format, args.v);
@@ -17,25 +19,35 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(%flag, "Accepted for compatibility with prometheus-adapter; it has no effect here");
     }
     // One process-wide provider, so no crate's feature flags can pick a different one at run time.
-    rustls::crypto::aws_lc_rs::default_provider()
+    if rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
-        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-    if let Some(config::Command::CheckConfig {
-        config,
-        prometheus_url,
-        namespace,
-    }) = &args.command
+        .is_err()
     {
-        let report = check::check_config(config, prometheus_url.as_deref(), namespace).await;
-        return report
-            .map(|text| print!("{text}"))
-            .map_err(|err| anyhow::anyhow!("{err:#}"));
+        eprintln!("error: a rustls crypto provider was already installed");
+        return ExitCode::FAILURE;
     }
-    if let Err(err) = custom_metrics_adapter::run(args, shutdown_signal()).await {
-        tracing::error!(error = %err, "Exiting");
-        return Err(err);
+    let checking = args.command.is_some();
+    let result = match &args.command {
+        Some(config::Command::CheckConfig {
+            config,
+            prometheus_url,
+            namespace,
+        }) => check::check_config(config, prometheus_url.as_deref(), namespace)
+            .await
+            .map(|report| print!("{report}")),
+        None => custom_metrics_adapter::run(args, shutdown_signal()).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if checking => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "Exiting");
+            ExitCode::FAILURE
+        }
     }
-    Ok(())
 }
 
 /// Resolves on SIGTERM (what the kubelet sends) or SIGINT.
