@@ -817,74 +817,7 @@ mod tests {
     /// The prometheus-community Helm chart's rendering of `rules.default: true` (config-gen's six
     /// rules with a 5m window); toYaml folded two long `metricsQuery` lines into multi-line plain
     /// scalars.
-    const DEFAULTS: &str = r#"rules:
-- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
-  seriesFilters: []
-  resources:
-    overrides:
-      namespace:
-        resource: namespace
-      pod:
-        resource: pod
-  name:
-    matches: ^container_(.*)_seconds_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m]))
-    by (<<.GroupBy>>)
-- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
-  seriesFilters:
-  - isNot: ^container_.*_seconds_total$
-  resources:
-    overrides:
-      namespace:
-        resource: namespace
-      pod:
-        resource: pod
-  name:
-    matches: ^container_(.*)_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m]))
-    by (<<.GroupBy>>)
-- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
-  seriesFilters:
-  - isNot: ^container_.*_total$
-  resources:
-    overrides:
-      namespace:
-        resource: namespace
-      pod:
-        resource: pod
-  name:
-    matches: ^container_(.*)$
-    as: ""
-  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>,container!="POD"}) by (<<.GroupBy>>)
-- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
-  seriesFilters:
-  - isNot: .*_total$
-  resources:
-    template: <<.Resource>>
-  name:
-    matches: ""
-    as: ""
-  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
-- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
-  seriesFilters:
-  - isNot: .*_seconds_total
-  resources:
-    template: <<.Resource>>
-  name:
-    matches: ^(.*)_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
-- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
-  seriesFilters: []
-  resources:
-    template: <<.Resource>>
-  name:
-    matches: ^(.*)_seconds_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
-"#;
+    const DEFAULTS: &str = include_str!("../../tests/it/testdata/helm-default-rules.yaml");
 
     #[test]
     fn the_six_default_rules_match_the_built_in_ones() {

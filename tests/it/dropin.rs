@@ -12,72 +12,7 @@ use serde_json::Value;
 use crate::{fake_kube::FakeKube, support::*};
 
 /// The Helm chart's `rules.default: true` rendering (prometheus-community/prometheus-adapter).
-const HELM_DEFAULT_RULES: &str = r#"rules:
-- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
-  seriesFilters: []
-  resources:
-    overrides:
-      namespace:
-        resource: namespace
-      pod:
-        resource: pod
-  name:
-    matches: ^container_(.*)_seconds_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m])) by (<<.GroupBy>>)
-- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
-  seriesFilters:
-  - isNot: ^container_.*_seconds_total$
-  resources:
-    overrides:
-      namespace:
-        resource: namespace
-      pod:
-        resource: pod
-  name:
-    matches: ^container_(.*)_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>,container!="POD"}[5m])) by (<<.GroupBy>>)
-- seriesQuery: '{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}'
-  seriesFilters:
-  - isNot: ^container_.*_total$
-  resources:
-    overrides:
-      namespace:
-        resource: namespace
-      pod:
-        resource: pod
-  name:
-    matches: ^container_(.*)$
-    as: ""
-  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>,container!="POD"}) by (<<.GroupBy>>)
-- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
-  seriesFilters:
-  - isNot: .*_total$
-  resources:
-    template: <<.Resource>>
-  name:
-    matches: ""
-    as: ""
-  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
-- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
-  seriesFilters:
-  - isNot: .*_seconds_total
-  resources:
-    template: <<.Resource>>
-  name:
-    matches: ^(.*)_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
-- seriesQuery: '{namespace!="",__name__!~"^container_.*"}'
-  seriesFilters: []
-  resources:
-    template: <<.Resource>>
-  name:
-    matches: ^(.*)_seconds_total$
-    as: ""
-  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[5m])) by (<<.GroupBy>>)
-"#;
+const HELM_DEFAULT_RULES: &str = include_str!("testdata/helm-default-rules.yaml");
 
 #[tokio::test]
 async fn prometheus_adapter_args_and_helm_rules_work_unchanged() {
