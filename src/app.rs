@@ -168,6 +168,20 @@ impl State {
             discovery.carry_over_external(&previous, &failed_external);
         }
         discovery.rules = rules;
+        // One line per rule whose outcome changed: what it saw, named and associated.
+        for (rule, summary) in &discovery.summaries {
+            if previous.summaries.get(rule) != Some(summary) {
+                tracing::info!(
+                    rule = format!("rules[{rule}]"),
+                    series_shapes = summary.series,
+                    named = summary.named,
+                    metrics = summary.metrics.len(),
+                    resources = ?summary.resources,
+                    unmapped_labels = ?summary.unmapped_labels,
+                    "Rule discovery changed (labels that name no known resource are not associated)"
+                );
+            }
+        }
         let count = discovery.len();
         self.metrics.discovered_metrics.set(count as i64);
         self.discovery.store(Arc::new(discovery));

@@ -50,7 +50,7 @@ pub enum WireVersion {
     V1Beta2,
 }
 
-/// The external metrics group, served when the configuration has external rules.
+/// The external metrics group.
 pub const EXTERNAL_GROUP: GroupDef = GroupDef {
     name: external::GROUP,
     versions: &[external::VERSION],
@@ -65,11 +65,10 @@ pub const RESOURCE_GROUP: GroupDef = GroupDef {
 /// The groups served with the current rules.
 pub fn served_groups(state: &crate::app::State) -> Vec<&'static GroupDef> {
     let mut groups: Vec<&'static GroupDef> = GROUPS.iter().collect();
-    let rules = state.rules.load();
-    if !rules.external.is_empty() {
-        groups.push(&EXTERNAL_GROUP);
-    }
-    if rules.resource.is_some() {
+    // External metrics are always served (an empty list without externalRules), so their
+    // APIService stays available and rules added by a reload work at once.
+    groups.push(&EXTERNAL_GROUP);
+    if state.rules.load().resource.is_some() {
         groups.push(&RESOURCE_GROUP);
     }
     groups

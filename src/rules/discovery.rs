@@ -41,6 +41,23 @@ pub struct Discovery {
     pub rules: Arc<RuleSet>,
     /// When the series behind this snapshot were listed; None before the first relist.
     pub listed_at: Option<SystemTime>,
+    /// What each custom rule made of its series, for the relist log.
+    pub summaries: BTreeMap<usize, RuleSummary>,
+}
+
+/// What one rule made of the series its query listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSummary {
+    /// Distinct series shapes (name and label names) the rule saw.
+    pub series: usize,
+    /// Series the rule's name filters accepted.
+    pub named: usize,
+    /// Distinct API metric names it produced.
+    pub metrics: BTreeSet<String>,
+    /// Resources its labels associated.
+    pub resources: BTreeSet<String>,
+    /// Labels of named series that map to no known resource.
+    pub unmapped_labels: BTreeSet<String>,
 }
 
 impl Discovery {
@@ -51,18 +68,25 @@ impl Discovery {
         I: IntoIterator<Item = (usize, &'a SeriesShape)>,
     {
         let mut metrics = BTreeMap::new();
+        let mut summaries: BTreeMap<usize, RuleSummary> = BTreeMap::new();
         for (rule_index, labels) in series {
             let Some(rule) = rules.get(rule_index) else {
                 continue;
             };
+            let summary = summaries.entry(rule_index).or_default();
+            summary.series += 1;
             let series_name = &labels.name;
             let Some(metric) = rule.metric_name(series_name) else {
                 continue;
             };
+            summary.named += 1;
+            summary.metrics.insert(metric.clone());
             for label in &labels.labels {
                 let Some(resource) = rule.resource_for_label(label, resources) else {
+                    summary.unmapped_labels.insert(label.clone());
                     continue;
                 };
+                summary.resources.insert(resource.group_resource());
                 let key = (resource.group_resource(), metric.clone());
                 let entry = MetricEntry {
                     series: series_name.clone(),
@@ -82,6 +106,7 @@ impl Discovery {
             external: BTreeMap::new(),
             rules: Arc::default(),
             listed_at: Some(listed_at),
+            summaries,
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use regex::Regex;
 
-pub use discovery::{Discovery, ExternalEntry, MetricEntry};
+pub use discovery::{Discovery, ExternalEntry, MetricEntry, RuleSummary};
 
 use crate::{
     objects::{ResourceInfo, Resources},

@@ -119,7 +119,7 @@ async fn external_discovery_and_errors() {
     let (status, _) = get(&adapter, &format!("{E}/queue_depth")).await;
     assert_eq!(status, 404, "root-scoped external paths do not exist");
 
-    // Without external rules the group is not served at all.
+    // Without external rules the group is still served, empty, so its APIService stays available.
     let plain = start_adapter(AdapterOptions::default()).await;
     assert_eq!(
         get(&plain, &format!("{E}/namespaces/default/queue_depth"))
@@ -127,5 +127,6 @@ async fn external_discovery_and_errors() {
             .0,
         404
     );
-    assert!(!get(&plain, "/apis").await.1.contains("external.metrics.k8s.io"));
+    let empty = "{\"kind\":\"APIResourceList\",\"apiVersion\":\"v1\",\"groupVersion\":\"external.metrics.k8s.io/v1beta1\",\"resources\":[]}\n";
+    assert_eq!(get(&plain, E).await, (200, empty.to_owned()));
 }

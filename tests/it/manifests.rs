@@ -1,6 +1,7 @@
-//! The Kubernetes manifests (`deploy/`, `apiservice/`, `hack/gen-certs.sh`): every kustomization
-//! renders with `kubectl kustomize`, every object deserializes into its k8s-openapi type without a
-//! field the schema does not know, and names, labels and ports agree across files.
+//! The Kubernetes manifests (`deploy/`, `apiservice/`, `apiservice/resource-metrics/`,
+//! `hack/gen-certs.sh`): every kustomization renders with `kubectl kustomize`, every object
+//! deserializes into its k8s-openapi type without a field the schema does not know, and names,
+//! labels and ports agree across files.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +11,7 @@ use std::{
 };
 
 use custom_metrics_adapter::{
-    rules::{SeriesFilter, default_rules},
+    rules::{Rule, SeriesFilter, config as adapter_config, default_rules},
     server::TlsSource,
 };
 use k8s_openapi::{
@@ -35,7 +36,9 @@ const ADAPTER: &str = "custom-metrics-apiserver";
 const SERVICE: &str = "api";
 const SAMPLE: &str = "sample-metrics-app";
 const CA_PLACEHOLDER: &str = "${CA_BUNDLE}";
-/// The APIServices we register: name, group, version.
+/// The ConfigMap the Deployment's --config reads.
+const CONFIG_MAP: &str = "adapter-config";
+/// The APIServices of apiservice/: name, group, version.
 const API_SERVICES: &[(&str, &str, &str)] = &[
     (
         "v1beta2.custom.metrics.k8s.io",
@@ -52,7 +55,17 @@ const API_SERVICES: &[(&str, &str, &str)] = &[
         "custom-metrics.metrics.k8s.io",
         "v1beta1",
     ),
+    (
+        "v1beta1.external.metrics.k8s.io",
+        "external.metrics.k8s.io",
+        "v1beta1",
+    ),
 ];
+/// The APIService of apiservice/resource-metrics/ (it replaces metrics-server's).
+const RESOURCE_API_SERVICES: &[(&str, &str, &str)] =
+    &[("v1beta1.metrics.k8s.io", "metrics.k8s.io", "v1beta1")];
+/// The ClusterRole of apiservice/resource-metrics/ that lets view, edit and admin read it.
+const AGGREGATED_READER: &str = "custom-metrics:aggregated-metrics-reader";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -591,13 +604,42 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
     }
     let config_volume = volumes
         .iter()
-        .find(|v| v.config_map.as_ref().is_some_and(|c| c.name == "adapter-config"))
-        .unwrap_or_else(|| panic!("{what}: ConfigMap adapter-config is not a volume"));
+        .find(|v| v.config_map.as_ref().is_some_and(|c| c.name == CONFIG_MAP))
+        .unwrap_or_else(|| panic!("{what}: ConfigMap {CONFIG_MAP} is not a volume"));
     assert!(
         mounts
             .iter()
             .any(|m| m.name == config_volume.name && m.mount_path == "/etc/adapter"),
-        "{what}: ConfigMap adapter-config is not mounted at /etc/adapter"
+        "{what}: ConfigMap {CONFIG_MAP} is not mounted at /etc/adapter"
+    );
+    // --config → a file of that mount, named after a key of the ConfigMap.
+    let config_path = flag(container, "config").unwrap_or_else(|| panic!("{what}: no --config"));
+    let (config_dir, config_file) = config_path
+        .rsplit_once('/')
+        .unwrap_or_else(|| panic!("{what}: --config {config_path} is not an absolute path"));
+    let config_mount = mounts
+        .iter()
+        .find(|m| m.mount_path == config_dir)
+        .unwrap_or_else(|| panic!("{what}: nothing is mounted at {config_dir} (--config)"));
+    assert_eq!(
+        config_mount.name, config_volume.name,
+        "{what}: --config {config_path} is not in the mount of ConfigMap {CONFIG_MAP}"
+    );
+    assert!(
+        config_mount.sub_path.is_none() && config_mount.sub_path_expr.is_none(),
+        "{what}: a subPath mount never sees ConfigMap updates, so --config would not reload"
+    );
+    assert!(
+        config_volume
+            .config_map
+            .as_ref()
+            .is_some_and(|c| c.items.is_none()),
+        "{what}: volume {} maps keys with items; the test expects each key as a file",
+        config_volume.name
+    );
+    assert_eq!(
+        config_file, "config.yaml",
+        "{what}: --config must name the ConfigMap key config.yaml"
     );
 
     // Service api → the Deployment's pods and port.
@@ -703,7 +745,8 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
 
     let (reader, object) = deploy.get::<ClusterRole>("ClusterRole", "custom-metrics-resource-reader");
     let rules = reader.rules.clone().unwrap_or_default();
-    for resource in ["namespaces", "pods", "services"] {
+    // nodes: NodeMetrics lists them.
+    for resource in ["namespaces", "pods", "services", "nodes"] {
         for verb in ["get", "list", "watch"] {
             assert!(
                 grants(&rules, "", resource, verb),
@@ -717,6 +760,8 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
             "{object}: no watch on apps {resource}"
         );
     }
+    // The HPA controller gets custom metrics (resource = the object's resource) and lists external
+    // ones (resource = the metric): every group of apiservice/, every resource.
     let (metrics, object) = deploy.get::<ClusterRole>("ClusterRole", "custom-metrics-server-resources");
     let rules = metrics.rules.clone().unwrap_or_default();
     for (_, group, _) in API_SERVICES {
@@ -724,15 +769,22 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
             grants(&rules, group, "pods", "get") && grants(&rules, group, "services", "get"),
             "{object}: no get on every resource of {group}"
         );
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                grants(&rules, group, "*", verb),
+                "{object}: no {verb} on resources `*` of {group}"
+            );
+        }
     }
 
     // ConfigMap adapter-config: prometheus-adapter's six default rules, the ones built in.
-    let (config_map, object) = deploy.get::<ConfigMap>("ConfigMap", "adapter-config");
+    let (config_map, object) = deploy.get::<ConfigMap>("ConfigMap", CONFIG_MAP);
     let text = config_map
         .data
         .as_ref()
-        .and_then(|d| d.get("config.yaml"))
-        .unwrap_or_else(|| panic!("{object}: no data config.yaml"));
+        .and_then(|d| d.get(config_file))
+        .unwrap_or_else(|| panic!("{object}: no data {config_file} (--config {config_path})"));
+    check_default_config(text, object);
     let config: AdapterConfig = serde_saphyr::from_str(text)
         .unwrap_or_else(|e| panic!("{object}: config.yaml is not an adapter config: {e}"));
     assert_eq!(
@@ -803,6 +855,79 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
     }
 }
 
+/// What a discovery rule does, with prometheus-adapter's defaults applied.
+fn rule_summary(rule: &Rule) -> String {
+    let filters: Vec<String> = rule
+        .filters
+        .iter()
+        .map(|f| match f {
+            SeriesFilter::Is(re) => format!("is {re}"),
+            SeriesFilter::IsNot(re) => format!("isNot {re}"),
+        })
+        .collect();
+    format!(
+        "seriesQuery {:?} seriesFilters {filters:?} name {:?} -> {:?} overrides {:?} template {:?} \
+         namespaced {} metricsQuery {:?}",
+        rule.series_query,
+        rule.name_matches.as_str(),
+        rule.name_as,
+        rule.resources.overrides,
+        rule.resources.template,
+        rule.resources.namespaced.unwrap_or(true),
+        rule.metrics_query.source(),
+    )
+}
+
+/// The config of ConfigMap adapter-config, read by the adapter's own loader: the built-in default
+/// rules and nothing else (no externalRules; no resourceRules, which would take over from
+/// metrics-server), and a commented-out externalRules example that loads once uncommented.
+fn check_default_config(text: &str, object: &Object) {
+    let origin = object.to_string();
+    let config = adapter_config::parse(text, &origin)
+        .unwrap_or_else(|e| panic!("{object}: the adapter refuses config.yaml: {e}"));
+    let rules = config
+        .custom_rules()
+        .unwrap_or_else(|e| panic!("{object}: the adapter refuses config.yaml: {e}"));
+    let built_in = default_rules("2m").expect("built-in rules");
+    assert_eq!(
+        rules.iter().map(rule_summary).collect::<Vec<_>>(),
+        built_in.iter().map(rule_summary).collect::<Vec<_>>(),
+        "{object}: config.yaml does not load as the built-in rules (--rate-interval 2m)"
+    );
+    assert!(
+        config.external_rules.is_empty(),
+        "{object}: config.yaml has externalRules; the default serves none"
+    );
+    assert!(
+        config.resource_rules.is_none(),
+        "{object}: config.yaml has resourceRules; metrics.k8s.io must stay metrics-server's by default"
+    );
+
+    let start = text
+        .find("\n# externalRules:")
+        .unwrap_or_else(|| panic!("{object}: config.yaml has no commented-out `# externalRules:` example"));
+    let (head, example) = text.split_at(start + 1);
+    let uncommented: Vec<&str> = example
+        .lines()
+        .map(|line| {
+            line.strip_prefix("# ")
+                .or_else(|| line.strip_prefix('#'))
+                .unwrap_or_else(|| panic!("{object}: {line:?} follows the externalRules example uncommented"))
+        })
+        .collect();
+    let text = format!("{head}{}\n", uncommented.join("\n"));
+    let config = adapter_config::parse(&text, &origin)
+        .unwrap_or_else(|e| panic!("{object}: the externalRules example, uncommented, does not load: {e}"));
+    let set = config
+        .rule_set()
+        .unwrap_or_else(|e| panic!("{object}: the externalRules example, uncommented, does not load: {e}"));
+    assert_eq!(
+        (set.custom.len(), set.external.len()),
+        (6, 1),
+        "{object}: uncommenting the example should add one external rule to the six rules"
+    );
+}
+
 #[test]
 fn provided_cert_overlay_serves_the_secret() {
     let overlay = Rendered::new("deploy/overlays/provided-cert");
@@ -851,10 +976,16 @@ fn provided_cert_overlay_serves_the_secret() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// APIServices: apiservice/, apiservice/insecure/, hack/gen-certs.sh
+// APIServices: apiservice/, apiservice/insecure/, apiservice/resource-metrics/ (and its
+// insecure/), hack/gen-certs.sh
 
-/// Checks the three APIServices of `rendered` against the Service and RBAC of deploy/.
-fn check_api_services(rendered: &Rendered, deploy: &Rendered) -> BTreeMap<String, APIService> {
+/// Checks that `rendered` holds exactly the APIServices `expected` (name, group, version), routed
+/// to the Service of deploy/.
+fn check_api_services(
+    rendered: &Rendered,
+    deploy: &Rendered,
+    expected: &[(&str, &str, &str)],
+) -> BTreeMap<String, APIService> {
     let (service, service_object) = deploy.get::<Service>("Service", SERVICE);
     let ports: Vec<i32> = service
         .spec
@@ -864,16 +995,16 @@ fn check_api_services(rendered: &Rendered, deploy: &Rendered) -> BTreeMap<String
         .collect();
     let found = rendered.all::<APIService>("APIService");
     let names: BTreeSet<&str> = found.iter().map(|(_, o)| o.name.as_str()).collect();
-    let expected: BTreeSet<&str> = API_SERVICES.iter().map(|(n, _, _)| *n).collect();
+    let expected_names: BTreeSet<&str> = expected.iter().map(|(n, _, _)| *n).collect();
     assert_eq!(
-        names, expected,
+        names, expected_names,
         "`kubectl kustomize {}`: the APIServices",
         rendered.dir
     );
     let mut by_name = BTreeMap::new();
     for (api_service, object) in found {
         let spec = api_service.spec.as_ref().expect("spec");
-        let (_, group, version) = API_SERVICES
+        let (_, group, version) = expected
             .iter()
             .find(|(n, _, _)| *n == object.name)
             .expect("listed");
@@ -899,56 +1030,147 @@ fn check_api_services(rendered: &Rendered, deploy: &Rendered) -> BTreeMap<String
         );
         by_name.insert(object.name.clone(), api_service);
     }
-    let priority = |name: &str| by_name[name].spec.as_ref().expect("spec").version_priority;
-    assert!(
-        priority("v1beta2.custom.metrics.k8s.io") > priority("v1beta1.custom.metrics.k8s.io"),
-        "`kubectl kustomize {}`: v1beta2.custom.metrics.k8s.io needs a higher versionPriority than v1beta1, \
-         or the HPA calls v1beta1",
-        rendered.dir
-    );
+    let priority = |name: &str| {
+        by_name
+            .get(name)
+            .map(|a| a.spec.as_ref().expect("spec").version_priority)
+    };
+    if let (Some(v1beta2), Some(v1beta1)) = (
+        priority("v1beta2.custom.metrics.k8s.io"),
+        priority("v1beta1.custom.metrics.k8s.io"),
+    ) {
+        assert!(
+            v1beta2 > v1beta1,
+            "`kubectl kustomize {}`: v1beta2.custom.metrics.k8s.io needs a higher versionPriority than v1beta1, \
+             or the HPA calls v1beta1",
+            rendered.dir
+        );
+    }
     by_name
 }
 
-#[test]
-fn api_services_route_to_the_adapter_service() {
-    let deploy = Rendered::new("deploy");
-
-    // apiservice/: every caBundle is the placeholder, and filled in it is a valid object.
-    let yaml = kustomize("apiservice");
-    let raw = Rendered::parse("apiservice", &yaml, &origins(&root().join("apiservice")));
-    for object in &raw.objects {
+/// `dir` (caBundle placeholder) and `insecure` (insecureSkipTLSVerify) render the APIServices
+/// `expected` and the same other objects; filled in, the caBundle is a valid one.
+fn check_api_service_variants(
+    dir: &'static str,
+    insecure: &'static str,
+    expected: &[(&str, &str, &str)],
+    deploy: &Rendered,
+) -> Rendered {
+    // dir: every caBundle is the placeholder, and filled in it is a valid object.
+    let yaml = kustomize(dir);
+    let raw = Rendered::parse(dir, &yaml, &origins(&root().join(dir)));
+    for object in raw.objects.iter().filter(|o| o.kind == "APIService") {
         assert_eq!(
             object.value["spec"]["caBundle"].as_str(),
             Some(CA_PLACEHOLDER),
             "{object}: caBundle must be the {CA_PLACEHOLDER} placeholder"
         );
     }
-    let filled = Rendered::with("apiservice", |yaml| yaml.replace(CA_PLACEHOLDER, "Y2EgYnVuZGxl"));
-    for (name, api_service) in check_api_services(&filled, &deploy) {
+    let filled = Rendered::with(dir, |yaml| yaml.replace(CA_PLACEHOLDER, "Y2EgYnVuZGxl"));
+    for (name, api_service) in check_api_services(&filled, deploy, expected) {
         let spec = api_service.spec.expect("spec");
         assert_eq!(
             spec.ca_bundle.map(|b| b.0),
             Some(b"ca bundle".to_vec()),
-            "{name} (apiservice/): caBundle"
+            "{name} ({dir}/): caBundle"
         );
         assert_eq!(
             spec.insecure_skip_tls_verify, None,
-            "{name} (apiservice/): insecureSkipTLSVerify"
+            "{name} ({dir}/): insecureSkipTLSVerify"
         );
     }
 
-    let insecure = Rendered::new("apiservice/insecure");
-    for (name, api_service) in check_api_services(&insecure, &deploy) {
+    let insecure_rendered = Rendered::new(insecure);
+    for (name, api_service) in check_api_services(&insecure_rendered, deploy, expected) {
         let spec = api_service.spec.expect("spec");
-        assert_eq!(
-            spec.insecure_skip_tls_verify,
-            Some(true),
-            "{name} (apiservice/insecure/)"
-        );
+        assert_eq!(spec.insecure_skip_tls_verify, Some(true), "{name} ({insecure}/)");
         assert!(
             spec.ca_bundle.is_none(),
-            "{name} (apiservice/insecure/): caBundle with insecureSkipTLSVerify"
+            "{name} ({insecure}/): caBundle with insecureSkipTLSVerify"
         );
+    }
+    let names = |r: &Rendered| {
+        r.objects
+            .iter()
+            .map(|o| (o.kind.clone(), o.name.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&insecure_rendered),
+        names(&filled),
+        "{insecure}/ renders other objects than {dir}/"
+    );
+    filled
+}
+
+#[test]
+fn api_services_route_to_the_adapter_service() {
+    let deploy = Rendered::new("deploy");
+    let api = check_api_service_variants("apiservice", "apiservice/insecure", API_SERVICES, &deploy);
+    for object in &api.objects {
+        assert_eq!(
+            object.kind, "APIService",
+            "{object}: apiservice/ holds APIServices only"
+        );
+    }
+}
+
+/// apiservice/resource-metrics/: metrics.k8s.io, kept out of apiservice/ since it replaces
+/// metrics-server, and the ClusterRole that lets view, edit and admin read it.
+#[test]
+fn resource_metrics_api_service_routes_to_the_adapter_service() {
+    let deploy = Rendered::new("deploy");
+    let rendered = check_api_service_variants(
+        "apiservice/resource-metrics",
+        "apiservice/resource-metrics/insecure",
+        RESOURCE_API_SERVICES,
+        &deploy,
+    );
+    let others: Vec<(&str, &str)> = rendered
+        .objects
+        .iter()
+        .filter(|o| o.kind != "APIService")
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(
+        others,
+        [("ClusterRole", AGGREGATED_READER)],
+        "`kubectl kustomize apiservice/resource-metrics`: objects besides the APIService"
+    );
+    let (reader, object) = rendered.get::<ClusterRole>("ClusterRole", AGGREGATED_READER);
+    let labels = labels(&reader.metadata);
+    for role in ["view", "edit", "admin"] {
+        let label = format!("rbac.authorization.k8s.io/aggregate-to-{role}");
+        assert_eq!(
+            labels.get(&label).map(String::as_str),
+            Some("true"),
+            "{object}: label {label}"
+        );
+    }
+    assert!(
+        reader.aggregation_rule.is_none(),
+        "{object}: aggregates into other roles, not from them"
+    );
+    let rules = reader.rules.clone().unwrap_or_default();
+    for resource in ["pods", "nodes"] {
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                grants(&rules, "metrics.k8s.io", resource, verb),
+                "{object}: no {verb} on metrics.k8s.io {resource}"
+            );
+        }
+    }
+    // The adapter itself lists nodes and pods for NodeMetrics and PodMetrics.
+    let (reader, object) = deploy.get::<ClusterRole>("ClusterRole", "custom-metrics-resource-reader");
+    let rules = reader.rules.clone().unwrap_or_default();
+    for resource in ["nodes", "pods"] {
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                grants(&rules, "", resource, verb),
+                "{object}: no {verb} on {resource}"
+            );
+        }
     }
 }
 
@@ -1017,7 +1239,7 @@ fn gen_certs_issues_a_serving_cert_and_fills_in_the_ca_bundle() {
     for object in &rendered.objects {
         check_schema(object);
     }
-    for (name, api_service) in check_api_services(&rendered, &Rendered::new("deploy")) {
+    for (name, api_service) in check_api_services(&rendered, &Rendered::new("deploy"), API_SERVICES) {
         let spec = api_service.spec.expect("spec");
         assert_eq!(
             spec.ca_bundle.map(|b| b.0).as_deref(),
