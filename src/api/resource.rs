@@ -18,11 +18,7 @@ use crate::{
     objects::{ObjectRef, ResourceInfo, Resources},
     prometheus::Sample,
     quantity,
-    rules::{
-        Rule,
-        config::{ResourceRule, ResourceRules},
-        promql, template,
-    },
+    rules::{ResourceRuleSet, Rule, promql, template},
     selector::Selector,
 };
 
@@ -143,20 +139,6 @@ fn not_found(resource: &str, name: &str) -> ApiError {
     ApiError::not_found_with(format!("{resource}.{GROUP} {name:?} not found"), details)
 }
 
-/// The rule engine's view of a resource rule: which labels name namespaces, pods and nodes.
-fn mapping_rule(rule: &ResourceRule) -> Result<Rule, ApiError> {
-    Rule::new(
-        0,
-        "",
-        vec![],
-        None,
-        None,
-        rule.resources.mapping(),
-        rule.container_query.source(),
-    )
-    .map_err(|err| ApiError::internal(format!("resourceRules: {err}")))
-}
-
 fn label(rule: &Rule, resource: Option<&ResourceInfo>, resources: &Resources) -> Result<String, ApiError> {
     resource
         .and_then(|r| rule.label_for_resource(r, resources))
@@ -236,10 +218,11 @@ fn usage(cpu: f64, memory: f64) -> BTreeMap<&'static str, String> {
 
 async fn nodes(
     state: &AppState,
-    rules: &ResourceRules,
+    set: &ResourceRuleSet,
     name: Option<&str>,
     selector: &Selector,
 ) -> Result<Vec<NodeMetrics>, ApiError> {
+    let rules = &set.config;
     let resources = state.resources.load_full();
     let nodes = resources.resolve("nodes");
     let mut names: Option<Vec<String>> = match nodes {
@@ -257,10 +240,10 @@ async fn nodes(
     if names.as_ref().is_some_and(Vec::is_empty) {
         return Ok(Vec::new());
     }
-    let (cpu_rule, memory_rule) = (mapping_rule(&rules.cpu)?, mapping_rule(&rules.memory)?);
+    let (cpu_rule, memory_rule) = (&set.cpu, &set.memory);
     let node_resource = nodes.cloned().unwrap_or_else(ResourceInfo::node);
-    let cpu_label = label(&cpu_rule, Some(&node_resource), &resources)?;
-    let memory_label = label(&memory_rule, Some(&node_resource), &resources)?;
+    let cpu_label = label(cpu_rule, Some(&node_resource), &resources)?;
+    let memory_label = label(memory_rule, Some(&node_resource), &resources)?;
     let matcher = |label: &str| match &names {
         Some(names) => promql::names_matcher(label, names),
         None => promql::matcher(label, promql::MatchOp::Ne, ""),
@@ -311,11 +294,12 @@ async fn nodes(
 
 async fn pods(
     state: &AppState,
-    rules: &ResourceRules,
+    set: &ResourceRuleSet,
     namespace: Option<&str>,
     name: Option<&str>,
     selector: &Selector,
 ) -> Result<Vec<PodMetrics>, ApiError> {
+    let rules = &set.config;
     let resources = state.resources.load_full();
     let pods_resource = resources
         .resolve("pods")
@@ -337,7 +321,7 @@ async fn pods(
     if wanted.as_ref().is_some_and(Vec::is_empty) {
         return Ok(Vec::new());
     }
-    let (cpu_rule, memory_rule) = (mapping_rule(&rules.cpu)?, mapping_rule(&rules.memory)?);
+    let (cpu_rule, memory_rule) = (&set.cpu, &set.memory);
     let namespaces = resources.namespaces().cloned();
     let labels = |rule: &Rule| -> Result<(String, String), ApiError> {
         Ok((
@@ -345,8 +329,8 @@ async fn pods(
             label(rule, Some(&pods_resource), &resources)?,
         ))
     };
-    let (cpu_ns, cpu_pod) = labels(&cpu_rule)?;
-    let (memory_ns, memory_pod) = labels(&memory_rule)?;
+    let (cpu_ns, cpu_pod) = labels(cpu_rule)?;
+    let (memory_ns, memory_pod) = labels(memory_rule)?;
     // prometheus-adapter's order: the namespace matcher, then the pods.
     let matchers = |ns_label: &str, pod_label: &str| {
         let mut matchers = Vec::new();

@@ -279,7 +279,19 @@ impl Config {
         Ok(RuleSet {
             custom: self.custom_rules()?,
             external: self.external_metric_rules()?,
-            resource: self.resource_rules.clone(),
+            resource: match &self.resource_rules {
+                Some(rules) => {
+                    Some(
+                        super::ResourceRuleSet::new(rules.clone()).map_err(|e| Error::Invalid {
+                            origin: self.origin.clone(),
+                            line: rules.line,
+                            field: "resourceRules".into(),
+                            message: e.to_string(),
+                        })?,
+                    )
+                }
+                None => None,
+            },
         })
     }
 

@@ -77,7 +77,37 @@ pub struct RuleSet {
     pub custom: Vec<Rule>,
     pub external: Vec<Rule>,
     /// `resourceRules`: serve `metrics.k8s.io` from Prometheus when present.
-    pub resource: Option<config::ResourceRules>,
+    pub resource: Option<ResourceRuleSet>,
+}
+
+/// `resourceRules` with their label mappings prepared once, at load.
+#[derive(Debug, Clone)]
+pub struct ResourceRuleSet {
+    pub config: config::ResourceRules,
+    /// Which labels name namespaces, pods and nodes in the cpu and memory queries.
+    pub cpu: Rule,
+    pub memory: Rule,
+}
+
+impl ResourceRuleSet {
+    pub fn new(config: config::ResourceRules) -> Result<Self> {
+        let mapping = |rule: &config::ResourceRule| {
+            Rule::new(
+                0,
+                "",
+                vec![],
+                None,
+                None,
+                rule.resources.mapping(),
+                rule.container_query.source(),
+            )
+        };
+        Ok(Self {
+            cpu: mapping(&config.cpu)?,
+            memory: mapping(&config.memory)?,
+            config,
+        })
+    }
 }
 
 impl RuleSet {
