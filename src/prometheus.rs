@@ -182,30 +182,29 @@ impl Client {
             ("start", format_time(start)),
             ("end", format_time(end)),
         ];
-        self.call("/api/v1/series", &params).await
+        self.call_series(&params).await
     }
 
-    async fn call<T: for<'de> Deserialize<'de>>(&self, path: &str, params: &[(&str, String)]) -> Result<T> {
+    async fn send(&self, path: &str, params: &[(&str, String)]) -> Result<(String, reqwest::Response)> {
         let url = format!("{}{path}", self.base);
         let request = if self.use_post {
             self.http.request(Method::POST, &url).form(params)
         } else {
             self.http.request(Method::GET, &url).query(params)
         };
-        let started = std::time::Instant::now();
         let response = request
             .send()
             .await
             .map_err(|err| self.transport_error(&url, err))?;
+        Ok((url, response))
+    }
+
+    /// A small API call: the body is read whole, then decoded.
+    async fn call<T: for<'de> Deserialize<'de>>(&self, path: &str, params: &[(&str, String)]) -> Result<T> {
+        let started = std::time::Instant::now();
+        let (url, mut response) = self.send(path, params).await?;
         let status = response.status().as_u16();
-        // Collected into one buffer sized from Content-Length: large series listings are not
-        // copied a second time.
-        let mut response = response;
-        let capacity = response
-            .content_length()
-            .unwrap_or(16 * 1024)
-            .min(256 * 1024 * 1024) as usize;
-        let mut body = Vec::with_capacity(capacity);
+        let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
@@ -214,26 +213,58 @@ impl Client {
             body.extend_from_slice(&chunk);
         }
         tracing::debug!(%url, status, elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
-        let envelope: Envelope<T> = match serde_json::from_slice(&body) {
-            Ok(envelope) => envelope,
-            Err(_) => {
-                let body = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-                return Err(Error::BadResponse { status, body });
+        match serde_json::from_slice(&body) {
+            Ok(envelope) => envelope_data(status, envelope),
+            Err(_) => Err(bad_response(status, &body)),
+        }
+    }
+
+    /// A series listing, decoded while it arrives: memory holds a few chunks of the body and the
+    /// distinct shapes, however many series Prometheus lists.
+    async fn call_series(&self, params: &[(&str, String)]) -> Result<SeriesList> {
+        let started = std::time::Instant::now();
+        let (url, mut response) = self.send("/api/v1/series", params).await?;
+        let status = response.status().as_u16();
+        let (chunks, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+        let decoder = tokio::task::spawn_blocking(move || {
+            let reader = std::io::BufReader::with_capacity(
+                64 * 1024,
+                ChunkReader {
+                    receiver,
+                    current: bytes::Bytes::new(),
+                },
+            );
+            serde_json::from_reader::<_, Envelope<SeriesList>>(reader)
+        });
+        let mut head = Vec::new();
+        let mut transport = Ok(());
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if head.len() < 512 {
+                        head.extend_from_slice(&chunk[..chunk.len().min(512 - head.len())]);
+                    }
+                    // The decoder stops reading on malformed input; its error is reported below.
+                    if chunks.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    transport = Err(self.transport_error(&url, err));
+                    break;
+                }
             }
-        };
-        match envelope {
-            Envelope {
-                status: ref s,
-                data: Some(data),
-                ..
-            } if s == "success" => Ok(data),
-            Envelope {
-                error_type, error, ..
-            } => Err(Error::Api {
-                status,
-                error_type: error_type.unwrap_or_default(),
-                error: error.unwrap_or_else(|| "no error text".into()),
-            }),
+        }
+        drop(chunks);
+        let decoded = decoder
+            .await
+            .map_err(|err| Error::Setup(format!("series decoder stopped: {err}")))?;
+        transport?;
+        tracing::debug!(%url, status, elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
+        match decoded {
+            Ok(envelope) => envelope_data(status, envelope),
+            Err(_) => Err(bad_response(status, &head)),
         }
     }
 
@@ -523,6 +554,51 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The data of a successful answer, or Prometheus' error.
+fn envelope_data<T>(status: u16, envelope: Envelope<T>) -> Result<T> {
+    match envelope {
+        Envelope {
+            status: ref s,
+            data: Some(data),
+            ..
+        } if s == "success" => Ok(data),
+        Envelope {
+            error_type, error, ..
+        } => Err(Error::Api {
+            status,
+            error_type: error_type.unwrap_or_default(),
+            error: error.unwrap_or_else(|| "no error text".into()),
+        }),
+    }
+}
+
+fn bad_response(status: u16, body: &[u8]) -> Error {
+    Error::BadResponse {
+        status,
+        body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+    }
+}
+
+/// Feeds body chunks from the async side to a blocking JSON decoder.
+struct ChunkReader {
+    receiver: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>> {
