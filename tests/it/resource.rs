@@ -140,3 +140,51 @@ async fn node_metrics_and_discovery() {
             .contains(r#"{"name":"metrics.k8s.io""#)
     );
 }
+
+#[tokio::test]
+async fn kubectl_top_reads_pods_and_nodes() {
+    let (adapter, dir) = start().await;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: a\n  cluster: {{server: 'https://{}', insecure-skip-tls-verify: true}}\n\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: a\n  context: {{cluster: a, user: u}}\ncurrent-context: a\n",
+            adapter.addr
+        ),
+    )
+    .unwrap();
+    // Async, so the adapter in this test's runtime keeps serving while kubectl runs.
+    let top = async |args: &[&str]| {
+        let output = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("top")
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = top(&["pods", "-n", "default", "--containers"]).await;
+    assert!(ok, "kubectl top pods: {stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert_eq!(
+        (rows[0][0], rows[0][1], rows[0][3]),
+        ("backend-0", "app", "100Mi"),
+        "{stdout}"
+    );
+    assert_eq!((rows[1][1], rows[1][3]), ("sidecar", "1Mi"), "{stdout}");
+    assert_close(quantity(rows[0][2]), 0.25, "kubectl top cpu");
+    // `kubectl top nodes` also lists nodes from the core API, which only a real API server has;
+    // node_metrics_and_discovery covers the NodeMetrics it reads.
+}
