@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)   # hack/gen-certs.sh, checked by the manifest test
 if ((${#need_apt[@]})); then
   echo "installing ${need_apt[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
