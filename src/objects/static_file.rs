@@ -15,18 +15,18 @@ use crate::selector::Selector;
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    namespaces: Vec<NamespaceEntry>,
+    namespaces: Vec<ClusterScopedEntry>,
     #[serde(default)]
     pods: Vec<Entry>,
     #[serde(default)]
     services: Vec<ServiceEntry>,
     #[serde(default)]
-    nodes: Vec<NamespaceEntry>,
+    nodes: Vec<ClusterScopedEntry>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NamespaceEntry {
+struct ClusterScopedEntry {
     name: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -108,16 +108,18 @@ impl StaticObjects {
                 labels: s.labels,
             })
             .collect();
+        let cluster_scoped = |entries: Vec<ClusterScopedEntry>| -> Vec<Object> {
+            entries
+                .into_iter()
+                .map(|e| Object {
+                    namespace: None,
+                    name: e.name,
+                    labels: e.labels,
+                })
+                .collect()
+        };
         // A namespace that holds a listed pod or service exists even if not listed itself.
-        let mut namespaces: Vec<Object> = file
-            .namespaces
-            .into_iter()
-            .map(|n| Object {
-                namespace: None,
-                name: n.name,
-                labels: n.labels,
-            })
-            .collect();
+        let mut namespaces = cluster_scoped(file.namespaces);
         let listed: BTreeSet<String> = namespaces.iter().map(|n| n.name.clone()).collect();
         let implied: BTreeSet<String> = pods
             .iter()
@@ -131,15 +133,7 @@ impl StaticObjects {
                 labels: BTreeMap::new(),
             });
         }
-        let nodes = file
-            .nodes
-            .into_iter()
-            .map(|n| Object {
-                namespace: None,
-                name: n.name,
-                labels: n.labels,
-            })
-            .collect();
+        let nodes = cluster_scoped(file.nodes);
         let by_resource = BTreeMap::from([
             ("pods", pods),
             ("services", services),
