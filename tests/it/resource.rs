@@ -35,6 +35,18 @@ const CONFIG: &str = r#"resourceRules:
 
 const M: &str = "/apis/metrics.k8s.io/v1beta1";
 
+/// The resource rules use `irate`, the slope between the last two 1 s scrapes, so a few
+/// milliseconds of scrape jitter move it by tenths of a percent (seen: 1253m for 1250m); a loaded
+/// CI machine gets 3 %.
+fn assert_irate_close(actual: f64, expected: f64, what: &str) {
+    let error = (actual - expected).abs() / expected;
+    assert!(
+        error <= 0.03,
+        "{what}: got {actual}, true value {expected} (off by {:.2} %)",
+        error * 100.0
+    );
+}
+
 async fn start() -> (Served, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
@@ -81,7 +93,7 @@ async fn pod_metrics_per_container() {
     assert_eq!(containers[0]["name"], "app");
     assert_eq!(containers[0]["usage"]["memory"], "100Mi");
     assert_eq!(containers[1]["usage"]["memory"], "1Mi");
-    assert_close(usage(&containers[0]).0, 0.25, "app cpu");
+    assert_irate_close(usage(&containers[0]).0, 0.25, "app cpu");
     // irate over two scrapes, then truncated to whole millicores: 50m may read 49m.
     let sidecar = usage(&containers[1]).0;
     assert!(
@@ -124,7 +136,7 @@ async fn node_metrics_and_discovery() {
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "node-2 has no memory sample: {body}");
     assert_eq!(items[0]["usage"]["memory"], "2Gi");
-    assert_close(usage(&items[0]).0, 1.25, "node cpu");
+    assert_irate_close(usage(&items[0]).0, 1.25, "node cpu");
     let (status, body) = adapter.get(&format!("{M}/nodes/node-1")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(adapter.get(&format!("{M}/nodes/node-2")).await.0, 404);
@@ -184,7 +196,7 @@ async fn kubectl_top_reads_pods_and_nodes() {
         "{stdout}"
     );
     assert_eq!((rows[1][1], rows[1][3]), ("sidecar", "1Mi"), "{stdout}");
-    assert_close(quantity(rows[0][2]), 0.25, "kubectl top cpu");
+    assert_irate_close(quantity(rows[0][2]), 0.25, "kubectl top cpu");
     // `kubectl top nodes` also lists nodes from the core API, which only a real API server has;
     // node_metrics_and_discovery covers the NodeMetrics it reads.
 }
