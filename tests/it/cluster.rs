@@ -126,6 +126,11 @@ impl Cluster {
 
 /// Starts the fake API server with the seed's pods and the adapter (through its real start-up path).
 async fn start_cluster() -> Cluster {
+    start_cluster_with(|_| {}, true).await
+}
+
+/// [`start_cluster`] with `prepare` applied to the fake first, optionally not waiting for readiness.
+async fn start_cluster_with(prepare: impl FnOnce(&FakeKube), wait_ready: bool) -> Cluster {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fake = FakeKube::start().await;
     fake.upsert_namespace("default", &[]);
@@ -149,6 +154,7 @@ async fn start_cluster() -> Cluster {
         _dir: dir,
     };
     cluster.auth_configmap(&cluster.front_proxy_ca);
+    prepare(&cluster.fake);
 
     let kubeconfig = kubeconfig.display().to_string();
     let cert_dir = cluster._dir.path().join("certs").display().to_string();
@@ -180,6 +186,9 @@ async fn start_cluster() -> Cluster {
             eprintln!("adapter stopped: {err:#}");
         }
     });
+    if !wait_ready {
+        return cluster;
+    }
     // Ready once the caches synced and metrics were discovered.
     let anonymous = Cluster::client(None);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -481,4 +490,23 @@ async fn a_resource_added_after_start_is_found_without_a_restart() {
         .as_hpa("/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/ct/nightly/jobs_processed")
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn readiness_waits_for_the_object_caches() {
+    let cluster = start_cluster_with(|fake| fake.hold_lists("/pods"), false).await;
+    let anonymous = Cluster::client(None);
+    // The server answers, but is not ready while the pods cache has not listed.
+    let unready = eventually(Duration::from_secs(10), async || {
+        let (status, body) = cluster.get(&anonymous, "/readyz", &[]).await;
+        status == 503 && body.contains("[-]object-caches failed")
+    })
+    .await;
+    assert!(unready, "{:?}", cluster.get(&anonymous, "/readyz", &[]).await);
+    cluster.fake.release_lists();
+    let ready = eventually(Duration::from_secs(10), async || {
+        cluster.get(&anonymous, "/readyz", &[]).await.0 == 200
+    })
+    .await;
+    assert!(ready, "{:?}", cluster.get(&anonymous, "/readyz", &[]).await);
 }

@@ -130,6 +130,8 @@ struct Inner {
     tokens: HashMap<String, (String, Vec<String>)>,
     rules: Vec<Rule>,
     requests: Vec<RecordedRequest>,
+    /// Path suffixes whose LISTs wait until released (to observe clients before their caches sync).
+    held_lists: Vec<String>,
 }
 
 impl Inner {
@@ -524,6 +526,15 @@ impl FakeKube {
         });
     }
 
+    /// Makes LISTs of paths ending in `suffix` (e.g. `/pods`) wait until [`Self::release_lists`].
+    pub fn hold_lists(&self, suffix: &str) {
+        self.shared.lock().held_lists.push(suffix.to_owned());
+    }
+
+    pub fn release_lists(&self) {
+        self.shared.lock().held_lists.clear();
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
     }
@@ -585,6 +596,16 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     });
+    while !watch
+        && method == Method::GET
+        && shared
+            .lock()
+            .held_lists
+            .iter()
+            .any(|suffix| uri.path().ends_with(suffix.as_str()))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let inner = || shared.lock();
     match (method.clone(), segments.as_slice()) {
