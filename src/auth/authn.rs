@@ -343,10 +343,14 @@ impl TokenReviewer {
                     },
                     ..Default::default()
                 };
-                let answer = api.create(&PostParams::default(), &review).await?;
+                let answer =
+                    tokio::time::timeout(super::REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
+                        .await
+                        .map_err(|_| format!("no answer within {:?}", super::REVIEW_TIMEOUT))?
+                        .map_err(|err| err.to_string())?;
                 let status = answer.status.unwrap_or_default();
                 if status.authenticated != Some(true) {
-                    return Ok::<_, kube::Error>(None);
+                    return Ok::<_, String>(None);
                 }
                 let user = status.user.unwrap_or_default();
                 Ok(Some(UserInfo {

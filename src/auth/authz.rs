@@ -178,11 +178,18 @@ impl Authorizer {
             spec: review_spec(user, attributes),
             ..Default::default()
         };
-        let answer = self
-            .api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|err| Error::Review(format!("SubjectAccessReview failed: {err}")))?;
+        let answer = tokio::time::timeout(
+            super::REVIEW_TIMEOUT,
+            self.api.create(&PostParams::default(), &review),
+        )
+        .await
+        .map_err(|_| {
+            Error::Review(format!(
+                "SubjectAccessReview: no answer within {:?}",
+                super::REVIEW_TIMEOUT
+            ))
+        })?
+        .map_err(|err| Error::Review(format!("SubjectAccessReview failed: {err}")))?;
         let status = answer.status.unwrap_or_default();
         let decision = Decision {
             allowed: status.allowed,

@@ -35,6 +35,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How long a TokenReview or SubjectAccessReview may take before the request fails.
+pub const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The name of the ConfigMap that holds the cluster's authentication settings.
 pub const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
 

@@ -21,6 +21,8 @@ use crate::selector::Selector;
 
 /// How long a request waits for a cache that was just started to finish its first list.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
+/// How long one refresh of API discovery may take.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// API discovery is refreshed at most this often on requests for unknown resources.
 const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -114,8 +116,15 @@ impl KubeObjects {
             .unwrap_or(false)
     }
 
-    /// Reads API discovery (the legacy documents: `/api/v1`, `/apis/<group>/<preferred version>`).
+    /// Reads API discovery (the legacy documents: `/api/v1`, `/apis/<group>/<preferred version>`),
+    /// within [`DISCOVERY_TIMEOUT`].
     pub async fn refresh_discovery(&self) -> Result<()> {
+        tokio::time::timeout(DISCOVERY_TIMEOUT, self.read_discovery())
+            .await
+            .map_err(|_| Error::Discovery(format!("no answer within {DISCOVERY_TIMEOUT:?}")))?
+    }
+
+    async fn read_discovery(&self) -> Result<()> {
         let discovery_error = |err: kube::Error| Error::Discovery(err.to_string());
         let mut list = Vec::new();
         let core = self
