@@ -928,6 +928,36 @@ fn check_default_config(text: &str, object: &Object) {
     );
 }
 
+/// The adapter container's args, as the binary parses them (unknown flags fail here, not in a
+/// crash-looping pod).
+#[test]
+fn adapter_args_parse() {
+    for dir in ["deploy", "deploy/overlays/provided-cert"] {
+        let rendered = Rendered::new(dir);
+        let (deployment, what) = adapter_deployment(&rendered);
+        let container = only_container(
+            pod_spec(&deployment, rendered.find("Deployment", ADAPTER)),
+            rendered.find("Deployment", ADAPTER),
+        );
+        let argv = std::iter::once("custom-metrics-adapter".to_owned())
+            .chain(container.command.iter().flatten().skip(1).cloned())
+            .chain(container.args.iter().flatten().cloned())
+            .map(std::ffi::OsString::from);
+        let (kept, ignored) = custom_metrics_adapter::config::split_ignored_flags(argv);
+        assert!(
+            ignored.is_empty(),
+            "{what}: flags with no effect in our own manifests: {ignored:?}"
+        );
+        let args = <custom_metrics_adapter::config::Args as clap::Parser>::try_parse_from(kept)
+            .unwrap_or_else(|err| panic!("{what}: the adapter refuses its args: {err}"));
+        args.validate().unwrap_or_else(|err| panic!("{what}: {err}"));
+        assert!(
+            args.config.is_some() && !args.insecure_allow_anonymous,
+            "{what}: --config, delegated auth"
+        );
+    }
+}
+
 #[test]
 fn provided_cert_overlay_serves_the_secret() {
     let overlay = Rendered::new("deploy/overlays/provided-cert");
