@@ -95,6 +95,14 @@ struct Rendered {
 }
 
 impl Rendered {
+    /// (kind, name) of every object, in order.
+    fn kinds_and_names(&self) -> Vec<(String, String)> {
+        self.objects
+            .iter()
+            .map(|o| (o.kind.clone(), o.name.clone()))
+            .collect()
+    }
+
     fn new(dir: &'static str) -> Self {
         Self::with(dir, |yaml| yaml)
     }
@@ -992,15 +1000,9 @@ fn provided_cert_overlay_serves_the_secret() {
     }
     // The rest of the overlay is the base.
     let base = Rendered::new("deploy");
-    let names = |r: &Rendered| {
-        r.objects
-            .iter()
-            .map(|o| (o.kind.clone(), o.name.clone()))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        names(&overlay),
-        names(&base),
+        overlay.kinds_and_names(),
+        base.kinds_and_names(),
         "the provided-cert overlay renders other objects than deploy/"
     );
 }
@@ -1120,15 +1122,9 @@ fn check_api_service_variants(
             "{name} ({insecure}/): caBundle with insecureSkipTLSVerify"
         );
     }
-    let names = |r: &Rendered| {
-        r.objects
-            .iter()
-            .map(|o| (o.kind.clone(), o.name.clone()))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        names(&insecure_rendered),
-        names(&filled),
+        insecure_rendered.kinds_and_names(),
+        filled.kinds_and_names(),
         "{insecure}/ renders other objects than {dir}/"
     );
     filled
