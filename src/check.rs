@@ -39,16 +39,7 @@ pub async fn check_config(
         return Ok(report);
     };
 
-    let client = prometheus::Client::new(&prometheus::ClientConfig {
-        url: url.to_owned(),
-        headers: Vec::new(),
-        token_file: None,
-        ca_file: None,
-        client_cert: None,
-        auth_config: None,
-        use_post: false,
-        timeout: Duration::from_secs(30),
-    })?;
+    let client = prometheus::Client::new(&prometheus::ClientConfig::plain(url, Duration::from_secs(30)))?;
     let state = State::new(set, client, None, Duration::from_secs(600));
     state.relist().await?;
     let discovery = state.discovery.load_full();

@@ -58,6 +58,22 @@ pub struct Sample {
     pub value: f64,
 }
 
+impl ClientConfig {
+    /// A client for `url` without credentials or extra headers, using GET.
+    pub fn plain(url: &str, timeout: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            headers: Vec::new(),
+            token_file: None,
+            ca_file: None,
+            client_cert: None,
+            auth_config: None,
+            use_post: false,
+            timeout,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -744,16 +760,7 @@ mod tests {
 
     #[test]
     fn url_path_prefix_is_kept() {
-        let config = ClientConfig {
-            url: "http://thanos:9090/prometheus/".into(),
-            headers: vec![],
-            token_file: None,
-            ca_file: None,
-            client_cert: None,
-            auth_config: None,
-            use_post: false,
-            timeout: Duration::from_secs(1),
-        };
+        let config = ClientConfig::plain("http://thanos:9090/prometheus/", Duration::from_secs(1));
         assert_eq!(
             Client::new(&config).unwrap().url(),
             "http://thanos:9090/prometheus"

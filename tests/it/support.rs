@@ -352,16 +352,7 @@ impl Drop for Adapter {
 }
 
 pub fn client_config(url: &str, timeout: Duration) -> ClientConfig {
-    ClientConfig {
-        url: url.to_owned(),
-        headers: vec![],
-        token_file: None,
-        ca_file: None,
-        client_cert: None,
-        auth_config: None,
-        use_post: false,
-        timeout,
-    }
+    ClientConfig::plain(url, timeout)
 }
 
 fn install_crypto_provider() {
