@@ -18,29 +18,46 @@ use crate::{
     auth::{self, Auth, Authenticator, AuthnConfig, Authorizer, TokenReviewer},
     cluster::{self, RateLimit},
     config::{Args, PrometheusVerb},
-    objects::{KubeObjects, ObjectSource, Resources, StaticObjects},
+    objects::{DiscoveryHealth, KubeObjects, ObjectSource, SharedResources, StaticObjects},
     prometheus,
     rules::{self, Discovery, RuleSet},
     server,
 };
 
+/// How one readiness condition stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Ready, with something an operator should know (a skipped API group, a forbidden resource).
+    Degraded(String),
+    /// Not ready, and why.
+    NotReady(String),
+}
+
 /// A named readiness condition for `/readyz`.
 pub struct ReadyCheck {
     pub name: &'static str,
-    pub check: Box<dyn Fn() -> bool + Send + Sync>,
+    pub check: Box<dyn Fn() -> Readiness + Send + Sync>,
 }
+
+/// The name of the relist's readiness check.
+const METRIC_DISCOVERY: &str = "metric-discovery";
+/// After a failed relist the next one starts this soon, doubling up to the relist interval.
+const RELIST_RETRY_MIN: Duration = Duration::from_secs(1);
 
 /// Everything a request needs, shared by all connections.
 pub struct State {
     /// The current rules; a discovery snapshot keeps the rules it was built from.
     pub rules: ArcSwap<RuleSet>,
     /// The resources the adapter knows; replaced when API discovery is refreshed.
-    pub resources: Arc<ArcSwap<Resources>>,
+    pub resources: Arc<SharedResources>,
     pub prometheus: prometheus::Client,
     pub objects: Option<Arc<dyn ObjectSource>>,
     pub discovery: ArcSwap<Discovery>,
-    /// Set once the first relist has finished, successfully or not.
+    /// Set once a relist has succeeded.
     pub relisted: AtomicBool,
+    /// Why the latest relist failed (None after a success), for `/readyz?verbose`.
+    relist_error: std::sync::Mutex<Option<String>>,
     /// Series with samples this recent are discovered.
     pub metrics_max_age: Duration,
     /// Further conditions for readiness (object caches synced, ...).
@@ -59,11 +76,12 @@ impl State {
     ) -> Self {
         Self {
             rules: ArcSwap::from_pointee(rules),
-            resources: Arc::new(ArcSwap::from_pointee(Resources::default())),
+            resources: Arc::new(SharedResources::default()),
             prometheus,
             objects,
             discovery: ArcSwap::from_pointee(Discovery::default()),
             relisted: AtomicBool::new(false),
+            relist_error: std::sync::Mutex::new(None),
             metrics_max_age,
             ready_checks: Vec::new(),
             metrics: Default::default(),
@@ -105,18 +123,48 @@ impl State {
         Ok(Self::new(rules, client, objects, args.metrics_max_age()))
     }
 
-    /// The names of readiness conditions not met yet; empty when ready.
-    pub fn unready(&self) -> Vec<&'static str> {
-        let mut failing = Vec::new();
-        if !self.relisted.load(Ordering::Acquire) {
-            failing.push("metric-discovery");
+    /// Every readiness condition and how it stands, in a stable order; also mirrored on `/metrics`.
+    pub fn readiness(&self) -> Vec<(&'static str, Readiness)> {
+        let mut checks = vec![(METRIC_DISCOVERY, self.relist_readiness())];
+        checks.extend(self.ready_checks.iter().map(|c| (c.name, (c.check)())));
+        for (name, readiness) in &checks {
+            self.metrics
+                .set_check(name, !matches!(readiness, Readiness::NotReady(_)));
         }
-        failing.extend(self.ready_checks.iter().filter(|c| !(c.check)()).map(|c| c.name));
-        failing
+        checks
     }
 
     pub fn is_ready(&self) -> bool {
-        self.unready().is_empty()
+        self.readiness()
+            .iter()
+            .all(|(_, r)| !matches!(r, Readiness::NotReady(_)))
+    }
+
+    fn relist_readiness(&self) -> Readiness {
+        let error = self.relist_error.lock().ok().and_then(|e| e.clone());
+        match (self.relisted.load(Ordering::Acquire), error) {
+            (true, None) => Readiness::Ready,
+            (true, Some(error)) => Readiness::Degraded(format!(
+                "the latest series relist failed ({error}); serving the metrics of the previous one"
+            )),
+            (false, Some(error)) => {
+                Readiness::NotReady(format!("no series relist has succeeded yet: {error}"))
+            }
+            (false, None) => Readiness::NotReady("the first series relist is under way".into()),
+        }
+    }
+
+    fn record_relist(&self, result: &Result<usize, prometheus::Error>) {
+        let error = match result {
+            Ok(_) => {
+                self.relisted.store(true, Ordering::Release);
+                None
+            }
+            Err(err) => Some(err.summary()),
+        };
+        if let Ok(mut slot) = self.relist_error.lock() {
+            *slot = error;
+        }
     }
 
     /// Lists series for every distinct `seriesQuery` and swaps in a new discovery snapshot.
@@ -237,23 +285,34 @@ impl State {
         }
     }
 
-    /// Relists now and then every `interval`, until `shutdown` resolves.
+    /// Relists now and then every `interval` until `shutdown` resolves; after a failure sooner,
+    /// from [`RELIST_RETRY_MIN`] doubling up to `interval`; and at once when API discovery changes
+    /// the resource table, so series labels are associated with resources learnt since.
     pub async fn relist_loop(self: Arc<Self>, interval: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resources_changed = self.resources.subscribe();
+        let mut retry = RELIST_RETRY_MIN;
         loop {
+            let result = self.relist().await;
+            let wait = match &result {
+                Ok(count) => {
+                    tracing::debug!(metrics = count, "Relisted series");
+                    retry = RELIST_RETRY_MIN;
+                    interval
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?retry, "Relisting series failed; keeping the previous metric list");
+                    let wait = retry.min(interval);
+                    retry = (retry * 2).min(interval);
+                    wait
+                }
+            };
+            self.record_relist(&result);
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = ticker.tick() => {}
+                _ = tokio::time::sleep(wait) => {}
+                Ok(()) = resources_changed.changed() => {}
             }
-            match self.relist().await {
-                Ok(count) => tracing::debug!(metrics = count, "Relisted series"),
-                Err(err) => {
-                    tracing::warn!(error = %err, "Relisting series failed; keeping the previous metric list")
-                }
-            }
-            self.relisted.store(true, Ordering::Release);
         }
     }
 }
@@ -318,13 +377,14 @@ pub async fn serve(
     };
 
     if state.objects.is_none() {
-        let client = cluster::client(args.lister_kubeconfig.as_deref(), limit).await?;
-        let objects = KubeObjects::start(client, state.resources.clone()).await?;
-        let synced = objects.clone();
-        state.ready_checks.push(ReadyCheck {
-            name: "object-caches",
-            check: Box::new(move || synced.synced()),
-        });
+        let kubeconfig = args.lister_kubeconfig.as_deref();
+        let objects = KubeObjects::start(
+            cluster::client(kubeconfig, limit).await?,
+            cluster::discovery_client(kubeconfig).await?,
+            state.resources.clone(),
+            args.discovery_interval,
+        );
+        state.ready_checks.extend(cluster_checks(&objects));
         state.objects = Some(objects);
     }
     let auth = if args.insecure_allow_anonymous {
@@ -366,6 +426,42 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = tokio::join!(relist, reload, config_reload);
     result.map_err(Into::into)
+}
+
+/// Readiness of the cluster's object source: API discovery has succeeded once (groups it had to
+/// skip are named, not fatal) and every started watch has listed.
+fn cluster_checks(objects: &Arc<KubeObjects>) -> [ReadyCheck; 2] {
+    let discovery = objects.clone();
+    let caches = objects.clone();
+    [
+        ReadyCheck {
+            name: "api-discovery",
+            check: Box::new(move || match discovery.discovery_health() {
+                DiscoveryHealth::NotYet(reason) => Readiness::NotReady(format!(
+                    "Kubernetes API discovery has not succeeded yet: {reason}"
+                )),
+                DiscoveryHealth::Ready { unavailable } if unavailable.is_empty() => Readiness::Ready,
+                DiscoveryHealth::Ready { unavailable } => Readiness::Degraded(format!(
+                    "{} API group version(s) unavailable and skipped: {}",
+                    unavailable.len(),
+                    unavailable.join(", ")
+                )),
+            }),
+        },
+        ReadyCheck {
+            name: "object-caches",
+            check: Box::new(move || {
+                let waiting = caches.unsynced();
+                if waiting.is_empty() {
+                    return Readiness::Ready;
+                }
+                Readiness::NotReady(format!(
+                    "the watch of {} has not finished its first list",
+                    waiting.join(", ")
+                ))
+            }),
+        },
+    ]
 }
 
 /// Authentication and authorization delegated to the Kubernetes API server.

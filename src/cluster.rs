@@ -32,7 +32,20 @@ pub struct RateLimit {
 
 /// Builds a client from `kubeconfig`, or infers the configuration when it is None.
 pub async fn client(kubeconfig: Option<&Path>, limit: RateLimit) -> Result<Client> {
-    let config = match kubeconfig {
+    build(config(kubeconfig).await?, Some(limit))
+}
+
+/// A client for API discovery: no rate limit, so discovering a cluster's hundreds of groups does
+/// not delay start-up by minutes, and no retries, because kube-rs' retry layer retries every 503 of
+/// an unavailable aggregated group and would hold discovery for as long as that group is down.
+pub async fn discovery_client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let mut config = config(kubeconfig).await?;
+    config.default_retry = false;
+    build(config, None)
+}
+
+async fn config(kubeconfig: Option<&Path>) -> Result<Config> {
+    match kubeconfig {
         Some(path) => {
             let error = |message: String| Error::Kubeconfig {
                 path: path.display().to_string(),
@@ -41,16 +54,17 @@ pub async fn client(kubeconfig: Option<&Path>, limit: RateLimit) -> Result<Clien
             let file = Kubeconfig::read_from(path).map_err(|err| error(err.to_string()))?;
             Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .map_err(|err| error(err.to_string()))?
+                .map_err(|err| error(err.to_string()))
         }
-        None => Config::infer()
-            .await
-            .map_err(|err| Error::Infer(err.to_string()))?,
-    };
-    let builder = ClientBuilder::try_from(config)?;
-    if limit.qps <= 0.0 || limit.burst == 0 {
-        return Ok(builder.build());
+        None => Config::infer().await.map_err(|err| Error::Infer(err.to_string())),
     }
+}
+
+fn build(config: Config, limit: Option<RateLimit>) -> Result<Client> {
+    let builder = ClientBuilder::try_from(config)?;
+    let Some(limit) = limit.filter(|l| l.qps > 0.0 && l.burst > 0) else {
+        return Ok(builder.build());
+    };
     // `burst` requests per `burst / qps` seconds: the same long-run rate as client-go's token bucket.
     let window = Duration::from_secs_f32(limit.burst as f32 / limit.qps);
     let layer = tower::limit::RateLimitLayer::new(u64::from(limit.burst), window);

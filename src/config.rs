@@ -154,6 +154,10 @@ pub struct Args {
     /// Kubeconfig for SubjectAccessReview.
     #[arg(long)]
     pub authorization_kubeconfig: Option<PathBuf>,
+    /// How often Kubernetes API discovery is refreshed (resources added later, groups that were
+    /// unavailable); an unknown resource in a request also refreshes it, at most every 5 s.
+    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
+    pub discovery_interval: Duration,
     /// Requests per second to the Kubernetes API (0 = unlimited).
     #[arg(long, default_value_t = 5.0)]
     pub client_qps: f32,
@@ -245,7 +249,6 @@ const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("contention-profiling", false),
     ("enable-priority-and-fairness", false),
     ("debug-socket-path", true),
-    ("discovery-interval", true),
     ("max-requests-inflight", true),
     ("max-mutating-requests-inflight", true),
     ("min-request-timeout", true),

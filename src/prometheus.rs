@@ -34,6 +34,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// What went wrong in a few words, without URLs or bodies: safe for `/readyz?verbose`, which
+    /// anyone who can reach the adapter may read.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Url { .. } | Self::ReadFile { .. } | Self::Setup(_) => {
+                "the Prometheus client is misconfigured".into()
+            }
+            Self::Unreachable { .. } => "Prometheus is unreachable".into(),
+            Self::Timeout { timeout, .. } => format!("Prometheus did not answer within {timeout:?}"),
+            Self::Api {
+                status, error_type, ..
+            } => format!("Prometheus answered HTTP {status} ({error_type})"),
+            Self::BadResponse { status, .. } => {
+                format!("Prometheus answered HTTP {status} with a body that is not its API's JSON")
+            }
+            Self::UnexpectedResultType(kind) => format!("Prometheus returned a {kind} result"),
+        }
+    }
+}
+
 /// How to reach Prometheus.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

@@ -37,6 +37,11 @@ pub struct Metrics {
     pub relist_failures: prometheus_client::metrics::counter::Counter,
     /// Discovered (resource, metric) pairs and external metrics.
     pub discovered_metrics: prometheus_client::metrics::gauge::Gauge,
+    /// 1 when a readiness check passes, by check name (as `/readyz?verbose` lists them).
+    ready_checks: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
 }
 
 impl Default for Metrics {
@@ -48,6 +53,7 @@ impl Default for Metrics {
             config_reloads: Default::default(),
             relist_failures: Default::default(),
             discovered_metrics: Default::default(),
+            ready_checks: Default::default(),
         };
         metrics.config_last_reload_successful.set(1);
         registry.register(
@@ -70,6 +76,11 @@ impl Default for Metrics {
             "Discovered metrics",
             metrics.discovered_metrics.clone(),
         );
+        registry.register(
+            "ready_check",
+            "Whether a readiness check passes (1) or fails (0), by check",
+            metrics.ready_checks.clone(),
+        );
         Self { registry, ..metrics }
     }
 }
@@ -82,6 +93,12 @@ impl Metrics {
             tracing::warn!(error = %err, "Encoding metrics failed");
         }
         text
+    }
+
+    pub fn set_check(&self, check: &str, passing: bool) {
+        self.ready_checks
+            .get_or_create(&vec![("check".to_owned(), check.to_owned())])
+            .set(i64::from(passing));
     }
 
     pub fn count_reload(&self, result: &str) {

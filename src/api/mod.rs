@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use error::ApiError;
 
-use crate::app::SharedState;
+use crate::app::{Readiness, SharedState};
 
 /// A served API group and its versions, preferred first.
 pub struct GroupDef {
@@ -157,6 +157,8 @@ fn wants_pretty(params: &BTreeMap<String, String>) -> bool {
 
 /// The adapter's own metrics in Prometheus' text format.
 async fn own_metrics(State(state): State<SharedState>) -> Response {
+    // Evaluating readiness refreshes the per-check gauges.
+    let _ = state.readiness();
     let mut response = state.metrics.encode().into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -169,19 +171,27 @@ async fn health() -> &'static str {
     "ok"
 }
 
+/// `/readyz` as the API server writes it: `ok`, or with `?verbose` (and whenever a check fails)
+/// one `[+]name ok` / `[-]name failed: reason` line per check. A degraded check stays `[+]` and
+/// says what is wrong after `ok`.
 async fn ready(State(state): State<SharedState>, Query(params): Query<BTreeMap<String, String>>) -> Response {
-    let failing = state.unready();
-    if failing.is_empty() {
-        let body = if params.contains_key("verbose") {
-            "[+]ping ok\nreadyz check passed\n"
-        } else {
-            "ok"
-        };
-        return (StatusCode::OK, body).into_response();
+    let checks = state.readiness();
+    let ready = checks.iter().all(|(_, r)| !matches!(r, Readiness::NotReady(_)));
+    if ready && !params.contains_key("verbose") {
+        return (StatusCode::OK, "ok").into_response();
     }
     let mut body = String::from("[+]ping ok\n");
-    for check in failing {
-        body.push_str(&format!("[-]{check} failed: not yet\n"));
+    for (name, readiness) in &checks {
+        let line = match readiness {
+            Readiness::Ready => format!("[+]{name} ok\n"),
+            Readiness::Degraded(note) => format!("[+]{name} ok: {note}\n"),
+            Readiness::NotReady(reason) => format!("[-]{name} failed: {reason}\n"),
+        };
+        body.push_str(&line);
+    }
+    if ready {
+        body.push_str("readyz check passed\n");
+        return (StatusCode::OK, body).into_response();
     }
     body.push_str("readyz check failed\n");
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()

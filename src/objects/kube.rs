@@ -4,10 +4,9 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use futures::{StreamExt, future::BoxFuture};
 use kube::{
     Api, Client,
@@ -16,15 +15,14 @@ use kube::{
 };
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{Error, ObjectRef, ObjectSource, ResourceInfo, Resources, Result};
+use super::{
+    Error, ObjectRef, ObjectSource, ResourceInfo, Result, SharedResources,
+    discovery::{ApiDiscovery, DiscoveryHealth},
+};
 use crate::selector::Selector;
 
 /// How long a request waits for a cache that was just started to finish its first list.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
-/// How long one refresh of API discovery may take.
-const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// API discovery is refreshed at most this often on requests for unknown resources.
-const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What is kept of an object: only what label selection needs.
 #[derive(Debug, Clone)]
@@ -81,89 +79,59 @@ fn slim(object: PartialObjectMeta<DynamicObject>) -> (ObjectRef, Slim) {
 /// Objects of the cluster, behind the [`ObjectSource`] trait.
 pub struct KubeObjects {
     client: Client,
-    resources: Arc<ArcSwap<Resources>>,
+    discovery: Arc<ApiDiscovery>,
     caches: Mutex<HashMap<String, Arc<Cache>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    last_discovery: Mutex<Option<Instant>>,
 }
 
 impl KubeObjects {
-    /// Discovers the cluster's resources into `resources` and starts watching pods, services and
-    /// namespaces. Readiness: [`KubeObjects::synced`].
-    pub async fn start(client: Client, resources: Arc<ArcSwap<Resources>>) -> Result<Arc<Self>> {
+    /// Starts watching pods, services and namespaces (core resources need no discovery) and keeps
+    /// `resources` in step with API discovery in the background, refreshed every
+    /// `discovery_interval`. Nothing here waits for the API server: readiness is
+    /// [`KubeObjects::synced`] and [`KubeObjects::discovery_health`].
+    pub fn start(
+        client: Client,
+        discovery_client: Client,
+        resources: Arc<SharedResources>,
+        discovery_interval: Duration,
+    ) -> Arc<Self> {
+        let discovery = ApiDiscovery::new(discovery_client, resources.clone());
         let objects = Arc::new(Self {
             client,
-            resources,
+            discovery: discovery.clone(),
             caches: Mutex::default(),
             tasks: Mutex::default(),
-            last_discovery: Mutex::default(),
         });
-        objects.refresh_discovery().await?;
-        let current = objects.resources.load_full();
+        let current = resources.load_full();
         for name in ["pods", "services", "namespaces"] {
             if let Some(resource) = current.resolve(name) {
                 objects.cache(resource);
             }
         }
-        Ok(objects)
-    }
-
-    /// Whether every started watch has finished its first list.
-    pub fn synced(&self) -> bool {
-        self.caches
-            .lock()
-            .map(|caches| caches.values().all(|c| *c.synced.borrow()))
-            .unwrap_or(false)
-    }
-
-    /// Reads API discovery (the legacy documents: `/api/v1`, `/apis/<group>/<preferred version>`),
-    /// within [`DISCOVERY_TIMEOUT`].
-    pub async fn refresh_discovery(&self) -> Result<()> {
-        tokio::time::timeout(DISCOVERY_TIMEOUT, self.read_discovery())
-            .await
-            .map_err(|_| Error::Discovery(format!("no answer within {DISCOVERY_TIMEOUT:?}")))?
-    }
-
-    async fn read_discovery(&self) -> Result<()> {
-        let discovery_error = |err: kube::Error| Error::Discovery(err.to_string());
-        let mut list = Vec::new();
-        let core = self
-            .client
-            .list_core_api_resources("v1")
-            .await
-            .map_err(discovery_error)?;
-        list.extend(core.resources.iter().filter_map(|r| info("", "v1", r)));
-        let groups = self.client.list_api_groups().await.map_err(discovery_error)?;
-        for group in groups.groups {
-            let Some(preferred) = group
-                .preferred_version
-                .or_else(|| group.versions.first().cloned())
-            else {
-                continue;
-            };
-            match self
-                .client
-                .list_api_group_resources(&preferred.group_version)
-                .await
-            {
-                Ok(resources) => list.extend(
-                    resources
-                        .resources
-                        .iter()
-                        .filter_map(|r| info(&group.name, &preferred.version, r)),
-                ),
-                // An unavailable aggregated API must not hide every other group.
-                Err(err) => {
-                    tracing::debug!(group_version = %preferred.group_version, error = %err, "Skipping a group in discovery")
-                }
-            }
+        let task = tokio::spawn(discovery.run(discovery_interval));
+        if let Ok(mut tasks) = objects.tasks.lock() {
+            tasks.push(task);
         }
-        tracing::debug!(resources = list.len(), "Refreshed API discovery");
-        self.resources.store(Arc::new(Resources::new(list)));
-        if let Ok(mut last) = self.last_discovery.lock() {
-            *last = Some(Instant::now());
-        }
-        Ok(())
+        objects
+    }
+
+    /// The resources whose watch has not finished its first list yet (sorted); empty when synced.
+    pub fn unsynced(&self) -> Vec<String> {
+        let Ok(caches) = self.caches.lock() else {
+            return vec!["(object caches unavailable)".into()];
+        };
+        let mut waiting: Vec<String> = caches
+            .iter()
+            .filter(|(_, cache)| !*cache.synced.borrow())
+            .map(|(resource, _)| resource.clone())
+            .collect();
+        waiting.sort();
+        waiting
+    }
+
+    /// How API discovery stands (for readiness and `/metrics`).
+    pub fn discovery_health(&self) -> DiscoveryHealth {
+        self.discovery.health()
     }
 
     /// The cache for `resource`, started on first use.
@@ -258,32 +226,6 @@ async fn run_cache(
     }
 }
 
-/// One discovery entry as a [`ResourceInfo`]; subresources (`pods/status`) are skipped.
-fn info(
-    group: &str,
-    version: &str,
-    r: &k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResource,
-) -> Option<ResourceInfo> {
-    if r.name.contains('/') {
-        return None;
-    }
-    // The RESTMapper's singular is the lower-cased kind when discovery leaves it empty.
-    let singular = if r.singular_name.is_empty() {
-        r.kind.to_ascii_lowercase()
-    } else {
-        r.singular_name.clone()
-    };
-    Some(ResourceInfo {
-        group: group.to_owned(),
-        version: version.to_owned(),
-        plural: r.name.clone(),
-        singular,
-        short_names: r.short_names.clone().unwrap_or_default(),
-        kind: r.kind.clone(),
-        namespaced: r.namespaced,
-    })
-}
-
 impl ObjectSource for KubeObjects {
     fn list(
         &self,
@@ -334,23 +276,6 @@ impl ObjectSource for KubeObjects {
     }
 
     fn refresh_resources(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move {
-            let recent = self
-                .last_discovery
-                .lock()
-                .ok()
-                .and_then(|last| *last)
-                .is_some_and(|at| at.elapsed() < DISCOVERY_MIN_INTERVAL);
-            if recent {
-                return false;
-            }
-            match self.refresh_discovery().await {
-                Ok(()) => true,
-                Err(err) => {
-                    tracing::warn!(error = %err, "Refreshing API discovery failed");
-                    false
-                }
-            }
-        })
+        Box::pin(self.discovery.refresh_on_demand())
     }
 }

@@ -1,5 +1,6 @@
 //! Which Kubernetes objects exist: the resource table and object sources behind one small trait.
 
+mod discovery;
 mod kube;
 mod resources;
 mod static_file;
@@ -7,7 +8,8 @@ mod static_file;
 use futures::future::BoxFuture;
 
 pub use self::kube::KubeObjects;
-pub use resources::{ResourceInfo, Resources};
+pub use discovery::DiscoveryHealth;
+pub use resources::{ResourceInfo, Resources, SharedResources};
 pub use static_file::StaticObjects;
 
 use crate::selector::Selector;
@@ -34,8 +36,6 @@ pub enum Error {
         "the cache of {resource} has not finished its first list from the Kubernetes API yet; retry shortly"
     )]
     NotSynced { resource: String },
-    #[error("Kubernetes API discovery failed: {0}")]
-    Discovery(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

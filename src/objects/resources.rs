@@ -1,5 +1,10 @@
 //! The resources the adapter can describe, and how request paths and series labels name them.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
 /// One Kubernetes resource, as discovery would describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourceInfo {
@@ -54,7 +59,7 @@ impl ResourceInfo {
 }
 
 /// The table of resources the adapter knows.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resources {
     list: Vec<ResourceInfo>,
 }
@@ -116,6 +121,48 @@ impl Resources {
             .map(ResourceInfo::group_resource)
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// The current resource table, shared by requests, the relist and API discovery, with a change
+/// signal so the relist can re-associate series labels as soon as discovery learns new resources.
+pub struct SharedResources {
+    current: ArcSwap<Resources>,
+    /// Bumped whenever the table's contents change.
+    generation: watch::Sender<u64>,
+}
+
+impl Default for SharedResources {
+    fn default() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Resources::default()),
+            generation: watch::Sender::new(0),
+        }
+    }
+}
+
+impl SharedResources {
+    pub fn load_full(&self) -> Arc<Resources> {
+        self.current.load_full()
+    }
+
+    /// Replaces the table when `next` differs from it; true when it did.
+    pub fn store_if_changed(&self, next: Resources) -> bool {
+        if *self.current.load_full() == next {
+            return false;
+        }
+        self.current.store(Arc::new(next));
+        self.generation.send_modify(|g| *g += 1);
+        true
+    }
+
+    /// How many times the table changed; with [`SharedResources::subscribe`] to wait for the next.
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 

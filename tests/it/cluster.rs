@@ -48,8 +48,8 @@ impl Ca {
     }
 }
 
-struct Cluster {
-    fake: FakeKube,
+pub(crate) struct Cluster {
+    pub(crate) fake: FakeKube,
     adapter: std::net::SocketAddr,
     front_proxy_ca: Ca,
     client_ca: Ca,
@@ -66,7 +66,7 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.adapter)
     }
 
@@ -82,7 +82,7 @@ impl Cluster {
     }
 
     /// An HTTPS client presenting `identity` (a client certificate), if any.
-    fn client(identity: Option<&[u8]>) -> reqwest::Client {
+    pub(crate) fn client(identity: Option<&[u8]>) -> reqwest::Client {
         let mut builder = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(20));
@@ -92,7 +92,12 @@ impl Cluster {
         builder.build().unwrap()
     }
 
-    async fn get(&self, client: &reqwest::Client, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    pub(crate) async fn get(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let mut request = client.get(self.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -101,8 +106,13 @@ impl Cluster {
         (response.status().as_u16(), response.text().await.unwrap())
     }
 
+    /// The front proxy's client certificate and key.
+    pub(crate) fn front_proxy_client(&self) -> Vec<u8> {
+        self.front_proxy_ca.client("front-proxy-client", &[])
+    }
+
     /// What the front proxy sends for the HPA controller.
-    async fn as_hpa(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn as_hpa(&self, path: &str) -> (u16, String) {
         let client = Cluster::client(Some(&self.front_proxy_ca.client("front-proxy-client", &[])));
         self.get(
             &client,
@@ -115,7 +125,7 @@ impl Cluster {
         .await
     }
 
-    fn list_requests(&self, path: &str) -> usize {
+    pub(crate) fn list_requests(&self, path: &str) -> usize {
         self.fake
             .requests()
             .iter()
@@ -130,7 +140,16 @@ async fn start_cluster() -> Cluster {
 }
 
 /// [`start_cluster`] with `prepare` applied to the fake first, optionally not waiting for readiness.
-async fn start_cluster_with(prepare: impl FnOnce(&FakeKube), wait_ready: bool) -> Cluster {
+pub(crate) async fn start_cluster_with(prepare: impl FnOnce(&FakeKube), wait_ready: bool) -> Cluster {
+    start_cluster_args(prepare, wait_ready, &[]).await
+}
+
+/// [`start_cluster_with`] and more flags; `--prometheus-url` among them replaces the real one.
+pub(crate) async fn start_cluster_args(
+    prepare: impl FnOnce(&FakeKube),
+    wait_ready: bool,
+    extra_args: &[&str],
+) -> Cluster {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fake = FakeKube::start().await;
     fake.upsert_namespace("default", &[]);
@@ -158,21 +177,28 @@ async fn start_cluster_with(prepare: impl FnOnce(&FakeKube), wait_ready: bool) -
 
     let kubeconfig = kubeconfig.display().to_string();
     let cert_dir = cluster._dir.path().join("certs").display().to_string();
-    let args = custom_metrics_adapter::config::Args::parse_from([
-        "custom-metrics-adapter",
-        "--prometheus-url",
-        &env().prometheus_url,
-        "--lister-kubeconfig",
-        &kubeconfig,
-        "--authentication-kubeconfig",
-        &kubeconfig,
-        "--authorization-kubeconfig",
-        &kubeconfig,
-        "--cert-dir",
-        &cert_dir,
-        "--metrics-relist-interval",
-        "1s",
-    ]);
+    let prometheus_url = match extra_args.iter().position(|a| *a == "--prometheus-url") {
+        Some(_) => Vec::new(),
+        None => vec!["--prometheus-url", &env().prometheus_url],
+    };
+    let args = custom_metrics_adapter::config::Args::parse_from(
+        ["custom-metrics-adapter"]
+            .into_iter()
+            .chain(prometheus_url)
+            .chain(extra_args.iter().copied())
+            .chain([
+                "--lister-kubeconfig",
+                &kubeconfig,
+                "--authentication-kubeconfig",
+                &kubeconfig,
+                "--authorization-kubeconfig",
+                &kubeconfig,
+                "--cert-dir",
+                &cert_dir,
+                "--metrics-relist-interval",
+                "1s",
+            ]),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     cluster.adapter = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -207,7 +233,7 @@ async fn start_cluster_with(prepare: impl FnOnce(&FakeKube), wait_ready: bool) -
 }
 
 /// Polls `check` every 50 ms for up to `within`; returns whether it became true.
-async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, mut check: F) -> bool {
+pub(crate) async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, mut check: F) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if check().await {
@@ -218,7 +244,7 @@ async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, mut check: F) -> 
     check().await
 }
 
-fn item_names(body: &str) -> Vec<String> {
+pub(crate) fn item_names(body: &str) -> Vec<String> {
     let list: Value = serde_json::from_str(body).unwrap_or_default();
     let items = list["items"].as_array().cloned().unwrap_or_default();
     items
@@ -227,7 +253,7 @@ fn item_names(body: &str) -> Vec<String> {
         .collect()
 }
 
-fn message(body: &str) -> String {
+pub(crate) fn message(body: &str) -> String {
     let status: Value = serde_json::from_str(body).unwrap_or_default();
     status["message"].as_str().unwrap_or_default().to_owned()
 }

@@ -9,10 +9,15 @@
 //! matching is sent as DELETED with the previous state). Watches end after `timeoutSeconds`, capped
 //! at [`WATCH_CAP`], so clients reconnect (from their last resourceVersion, without a LIST).
 //!
+//! Discovery is served both ways, as Kubernetes 1.26+ does: the legacy documents, and the
+//! aggregated `APIGroupDiscoveryList` (apidiscovery.k8s.io/v2) for clients that ask for it in
+//! Accept. Faults a real cluster has can be injected: hundreds of groups ([`FakeKube::add_groups`]),
+//! an aggregated API whose backend is down (the aggregator's plain-text 503 under its path, listed
+//! `Stale` in aggregated discovery), and root discovery answering 503.
+//!
 //! Not emulated: authentication/authorization of the callers themselves (the Authorization header
 //! is only recorded); writes other than TokenReview/SubjectAccessReview creation, subresources,
-//! admission, defaulting and validation; aggregated discovery (`Discovery::run_aggregated`),
-//! OpenAPI, protobuf, Table output (406), compression, TLS, HTTP/2, priority and fairness (429s);
+//! admission, defaulting and validation; OpenAPI, protobuf, Table output (406), compression, TLS, HTTP/2, priority and fairness (429s);
 //! LIST `resourceVersion`/`resourceVersionMatch` (always the latest state; continue pages are cut
 //! from the current state, not a snapshot); 410 Gone (history is kept forever); periodic bookmarks
 //! (one when a watch times out, plus the initial-events-end one); field selectors beyond
@@ -132,6 +137,12 @@ struct Inner {
     requests: Vec<RecordedRequest>,
     /// Path suffixes whose LISTs wait until released (to observe clients before their caches sync).
     held_lists: Vec<String>,
+    /// Aggregated group/versions whose backend is down: the aggregator answers 503 for them.
+    unavailable: std::collections::BTreeSet<String>,
+    /// Answer only the legacy discovery documents (a server before Kubernetes 1.26).
+    legacy_discovery_only: bool,
+    /// `/api` and `/apis` answer 503 (an API server that is starting or overloaded).
+    discovery_down: bool,
 }
 
 impl Inner {
@@ -535,6 +546,49 @@ impl FakeKube {
         self.shared.lock().held_lists.clear();
     }
 
+    /// Adds `count` CRD groups (`group-<i>.example.com/v1`, one namespaced resource each), the
+    /// size of a real cluster's discovery (one with 183 groups was seen).
+    pub fn add_groups(&self, count: usize) {
+        for i in 0..count {
+            self.add_resource_type(
+                &format!("group-{i}.example.com"),
+                "v1",
+                &format!("widget{i}s"),
+                &format!("widget{i}"),
+                &format!("Widget{i}"),
+                true,
+                &[],
+            );
+        }
+    }
+
+    /// Registers an aggregated API `group/version` (like an APIService) whose backend is down:
+    /// it is listed in `/apis`, and everything under `/apis/<group>/<version>` answers 503.
+    pub fn add_unavailable_api(&self, group: &str, version: &str) {
+        self.add_resource_type(group, version, "things", "thing", "Thing", true, &[]);
+        self.set_api_available(group, version, false);
+    }
+
+    /// Brings an aggregated API's backend up or down.
+    pub fn set_api_available(&self, group: &str, version: &str, available: bool) {
+        let mut inner = self.shared.lock();
+        if available {
+            inner.unavailable.remove(&gv(group, version));
+        } else {
+            inner.unavailable.insert(gv(group, version));
+        }
+    }
+
+    /// Serve only legacy discovery (a server before aggregated discovery).
+    pub fn legacy_discovery_only(&self) {
+        self.shared.lock().legacy_discovery_only = true;
+    }
+
+    /// Makes `/api`, `/api/v1` and `/apis` answer 503 (or answer again).
+    pub fn set_discovery_down(&self, down: bool) {
+        self.shared.lock().discovery_down = down;
+    }
+
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
     }
@@ -608,6 +662,16 @@ async fn handle(
     }
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let inner = || shared.lock();
+    if let Some(response) = discovery_fault(&inner(), &segments) {
+        return response;
+    }
+    if method == Method::GET && wants_aggregated(&headers) && !inner().legacy_discovery_only {
+        match segments.as_slice() {
+            ["api"] => return aggregated_discovery(&inner(), true),
+            ["apis"] => return aggregated_discovery(&inner(), false),
+            _ => {}
+        }
+    }
     match (method.clone(), segments.as_slice()) {
         (Method::GET, ["version"]) => respond(
             StatusCode::OK,
@@ -668,6 +732,104 @@ async fn handle(
         ),
         _ => not_found(),
     }
+}
+
+/// What the real server answers instead of the request, for the faults tests inject: 503 from the
+/// aggregator for an unavailable aggregated group (its plain-text `service unavailable`), 503 for
+/// the root discovery documents while they are down.
+fn discovery_fault(inner: &Inner, segments: &[&str]) -> Option<Response> {
+    match segments {
+        ["api" | "apis"] | ["api", "v1"] if inner.discovery_down => Some(status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".into(),
+        )),
+        ["apis", group, version, ..] if inner.unavailable.contains(&gv(group, version)) => Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "service unavailable\n",
+            )
+                .into_response(),
+        ),
+        _ => None,
+    }
+}
+
+/// The media type of aggregated discovery (apidiscovery.k8s.io/v2), as clients ask for it.
+const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.replace(' ', "").starts_with(AGGREGATED_V2))
+}
+
+/// `/api` or `/apis` as an `APIGroupDiscoveryList`: every group with its versions and resources;
+/// an unavailable aggregated group/version is listed `Stale` with no resources, as the aggregator
+/// lists one it could never reach.
+/// A group's versions in the order they were added (the first is preferred) with their types.
+type Versions<'a> = Vec<(String, Vec<&'a ResType>)>;
+
+fn aggregated_discovery(inner: &Inner, core: bool) -> Response {
+    let mut groups: Vec<(String, Versions)> = Vec::new();
+    for t in inner.types.iter().filter(|t| t.group.is_empty() == core) {
+        let versions = match groups.iter_mut().find(|(g, _)| *g == t.group) {
+            Some((_, versions)) => versions,
+            None => {
+                groups.push((t.group.clone(), Vec::new()));
+                &mut groups.last_mut().expect("just pushed").1
+            }
+        };
+        match versions.iter_mut().find(|(v, _)| *v == t.version) {
+            Some((_, types)) => types.push(t),
+            None => versions.push((t.version.clone(), vec![t])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|(version, types)| {
+                    let stale = inner.unavailable.contains(&gv(group, version));
+                    let resources: Vec<Value> = if stale {
+                        Vec::new()
+                    } else {
+                        types.iter().map(|t| aggregated_resource(t)).collect()
+                    };
+                    json!({"version": version, "resources": resources,
+                           "freshness": if stale { "Stale" } else { "Current" }})
+                })
+                .collect();
+            json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+                      "metadata": {}, "items": items});
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, AGGREGATED_V2)],
+        serde_json::to_vec(&body).expect("serialize"),
+    )
+        .into_response()
+}
+
+fn aggregated_resource(t: &ResType) -> Value {
+    let mut resource = json!({
+        "resource": t.plural,
+        "responseKind": {"group": t.group, "version": t.version, "kind": t.kind},
+        "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": t.singular,
+        "verbs": t.verbs,
+    });
+    if !t.short_names.is_empty() {
+        resource["shortNames"] = json!(t.short_names);
+    }
+    resource
 }
 
 fn resource_list(inner: &Inner, group: &str, version: &str) -> Response {

@@ -4,6 +4,7 @@
 mod clients;
 mod cluster;
 mod config;
+mod degraded;
 mod discovery;
 mod dropin;
 mod errors;
