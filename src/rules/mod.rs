@@ -484,6 +484,9 @@ pub fn build_query(
 }
 
 #[cfg(test)]
+mod injection_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
