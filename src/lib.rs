@@ -10,6 +10,8 @@ pub mod auth;
 pub mod check;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod objects;
 pub mod prometheus;
 pub mod quantity;

@@ -1,6 +1,6 @@
 //! The Kubernetes-facing HTTP surface: routes, discovery, health, and the custom metrics handlers.
 
-mod custom;
+pub(crate) mod custom;
 mod discovery;
 pub mod error;
 mod external;
@@ -20,6 +20,7 @@ use axum::{
 };
 use serde::Serialize;
 
+pub use custom::MetricPath;
 pub use error::ApiError;
 
 use crate::app::{Readiness, SharedState};
