@@ -622,6 +622,10 @@ fn not_found() -> Response {
     )
 }
 
+fn unauthorized() -> Response {
+    status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into())
+}
+
 fn bad_request(message: String) -> Response {
     status(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
@@ -805,9 +809,8 @@ fn self_access_review(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Respon
         Ok(r) => r,
         Err(e) => return bad_request(format!("invalid SelfSubjectAccessReview: {e}")),
     };
-    let (user, groups) = match inner.caller(headers) {
-        Ok(caller) => caller,
-        Err(response) => return response,
+    let Some((user, groups)) = inner.caller(headers) else {
+        return unauthorized();
     };
     let spec = &review.spec;
     let request = match (&spec.resource_attributes, &spec.non_resource_attributes) {
@@ -893,19 +896,15 @@ impl Inner {
     }
 
     /// Who sends this request, as the API server's authenticators see it: the user and groups of its
-    /// bearer token, `system:anonymous` without one, a 401 for a token no one issued.
-    fn caller(&self, headers: &HeaderMap) -> Result<(String, Vec<String>), Response> {
+    /// bearer token, `system:anonymous` without one, None (a 401) for a token no one issued.
+    fn caller(&self, headers: &HeaderMap) -> Option<(String, Vec<String>)> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match token {
-            None => Ok(("system:anonymous".into(), vec!["system:unauthenticated".into()])),
-            Some(token) => self
-                .tokens
-                .get(token)
-                .cloned()
-                .ok_or_else(|| status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into())),
+            None => Some(("system:anonymous".into(), vec!["system:unauthenticated".into()])),
+            Some(token) => self.tokens.get(token).cloned(),
         }
     }
 
@@ -922,9 +921,8 @@ impl Inner {
         if !self.enforce_rbac {
             return None;
         }
-        let (user, groups) = match self.caller(headers) {
-            Ok(caller) => caller,
-            Err(response) => return Some(response),
+        let Some((user, groups)) = self.caller(headers) else {
+            return Some(unauthorized());
         };
         let subjects: Vec<&str> = std::iter::once(user.as_str())
             .chain(groups.iter().map(String::as_str))
