@@ -320,6 +320,7 @@ pub async fn serve(
     if state.objects.is_none() {
         let client = cluster::client(args.lister_kubeconfig.as_deref(), limit).await?;
         let objects = KubeObjects::start(client, state.resources.clone()).await?;
+        objects.set_access_recheck(args.access_recheck);
         let synced = objects.clone();
         state.ready_checks.push(ReadyCheck {
             name: "object-caches",

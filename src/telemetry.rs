@@ -37,6 +37,11 @@ pub struct Metrics {
     pub relist_failures: prometheus_client::metrics::counter::Counter,
     /// Discovered (resource, metric) pairs and external metrics.
     pub discovered_metrics: prometheus_client::metrics::gauge::Gauge,
+    /// 1 per resource the adapter may not list and watch (RBAC), by `resource` (`jobs.batch`).
+    pub resource_forbidden: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
 }
 
 impl Default for Metrics {
@@ -48,6 +53,7 @@ impl Default for Metrics {
             config_reloads: Default::default(),
             relist_failures: Default::default(),
             discovered_metrics: Default::default(),
+            resource_forbidden: Default::default(),
         };
         metrics.config_last_reload_successful.set(1);
         registry.register(
@@ -70,6 +76,11 @@ impl Default for Metrics {
             "Discovered metrics",
             metrics.discovered_metrics.clone(),
         );
+        registry.register(
+            "resource_forbidden",
+            "Resources the adapter may not list and watch, so serves no metrics of (1 each)",
+            metrics.resource_forbidden.clone(),
+        );
         Self { registry, ..metrics }
     }
 }
@@ -82,6 +93,16 @@ impl Metrics {
             tracing::warn!(error = %err, "Encoding metrics failed");
         }
         text
+    }
+
+    /// Replaces the forbidden resources: a resource that became allowed disappears.
+    pub fn set_forbidden(&self, resources: &[String]) {
+        self.resource_forbidden.clear();
+        for resource in resources {
+            self.resource_forbidden
+                .get_or_create(&vec![("resource".to_owned(), resource.clone())])
+                .set(1);
+        }
     }
 
     pub fn count_reload(&self, result: &str) {

@@ -157,6 +157,9 @@ fn wants_pretty(params: &BTreeMap<String, String>) -> bool {
 
 /// The adapter's own metrics in Prometheus' text format.
 async fn own_metrics(State(state): State<SharedState>) -> Response {
+    if let Some(objects) = &state.objects {
+        state.metrics.set_forbidden(&objects.forbidden());
+    }
     let mut response = state.metrics.encode().into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -173,18 +176,36 @@ async fn ready(State(state): State<SharedState>, Query(params): Query<BTreeMap<S
     let failing = state.unready();
     if failing.is_empty() {
         let body = if params.contains_key("verbose") {
-            "[+]ping ok\nreadyz check passed\n"
+            format!("[+]ping ok\n{}readyz check passed\n", access_note(&state))
         } else {
-            "ok"
+            "ok".to_owned()
         };
         return (StatusCode::OK, body).into_response();
     }
-    let mut body = String::from("[+]ping ok\n");
+    let mut body = format!("[+]ping ok\n{}", access_note(&state));
     for check in failing {
         body.push_str(&format!("[-]{check} failed: not yet\n"));
     }
     body.push_str("readyz check failed\n");
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+/// For `/readyz?verbose`: the resources RBAC keeps the adapter from listing, as an informational
+/// line of a passing check (they do not make it unready: it serves everything else); "" when none.
+fn access_note(state: &crate::app::State) -> String {
+    let forbidden = state
+        .objects
+        .as_ref()
+        .map(|objects| objects.forbidden())
+        .unwrap_or_default();
+    if forbidden.is_empty() {
+        return String::new();
+    }
+    format!(
+        "[+]object-access ok: not allowed to list and watch {}, so their metrics are not served (grant list and watch in the ClusterRole {})\n",
+        forbidden.join(", "),
+        crate::objects::READER_CLUSTER_ROLE
+    )
 }
 
 /// One structured log line per request; health probes only at debug level.

@@ -1,12 +1,14 @@
 //! Which Kubernetes objects exist: the resource table and object sources behind one small trait.
 
+mod access;
 mod kube;
 mod resources;
 mod static_file;
 
 use futures::future::BoxFuture;
 
-pub use self::kube::KubeObjects;
+pub use self::kube::{ACCESS_RECHECK, KubeObjects};
+pub use access::{Forbidden, READER_CLUSTER_ROLE};
 pub use resources::{ResourceInfo, Resources};
 pub use static_file::StaticObjects;
 
@@ -34,6 +36,9 @@ pub enum Error {
         "the cache of {resource} has not finished its first list from the Kubernetes API yet; retry shortly"
     )]
     NotSynced { resource: String },
+    /// RBAC does not let the adapter list and watch the resource.
+    #[error("{0}")]
+    Forbidden(Forbidden),
     #[error("Kubernetes API discovery failed: {0}")]
     Discovery(String),
 }
@@ -66,6 +71,18 @@ pub trait ObjectSource: Send + Sync {
     /// Waits (briefly) until objects of `resource` can be answered from memory.
     fn ready<'a>(&'a self, _resource: &'a ResourceInfo) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// Whether the adapter may list and watch `resource`, which serving its metrics needs; they are
+    /// advertised only when it may. Waits briefly at most.
+    fn may_serve<'a>(&'a self, _resource: &'a ResourceInfo) -> BoxFuture<'a, bool> {
+        Box::pin(async { true })
+    }
+
+    /// The resources (`jobs.batch`) the adapter is not allowed to list and watch, sorted: for
+    /// `/metrics` and `/readyz?verbose`.
+    fn forbidden(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// Re-reads which resources exist (a CRD added after start); true when it did.

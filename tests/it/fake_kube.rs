@@ -17,7 +17,8 @@
 //! `system:anonymous`, an unknown token is a 401, and a verb no [`FakeKube::allow`] rule grants is
 //! the real 403 `Status` (`jobs.batch is forbidden: User "..." cannot list resource "jobs" in API
 //! group "batch" at the cluster scope`). SelfSubjectAccessReviews are answered from the same rules
-//! for the caller. Discovery, TokenReview and (Self)SubjectAccessReview creation are always allowed.
+//! for the caller (everything is allowed while RBAC is not enforced). Discovery, TokenReview and
+//! (Self)SubjectAccessReview creation are always allowed.
 //!
 //! Not emulated: writes other than TokenReview/SubjectAccessReview/SelfSubjectAccessReview creation,
 //! subresources, admission, defaulting and validation; aggregated discovery
@@ -825,7 +826,16 @@ fn self_access_review(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Respon
     let subjects: Vec<&str> = std::iter::once(user.as_str())
         .chain(groups.iter().map(String::as_str))
         .collect();
-    review.status = Some(inner.decide(&subjects, &request));
+    // It answers what the caller can do here: anything, unless RBAC is enforced.
+    review.status = Some(if inner.enforce_rbac {
+        inner.decide(&subjects, &request)
+    } else {
+        SubjectAccessReviewStatus {
+            allowed: true,
+            reason: Some("the fake does not enforce RBAC".into()),
+            ..Default::default()
+        }
+    });
     respond(StatusCode::CREATED, &review)
 }
 
