@@ -384,6 +384,7 @@ pub async fn serve(
             state.resources.clone(),
             args.discovery_interval,
         );
+        objects.set_access_recheck(args.access_recheck);
         state.ready_checks.extend(cluster_checks(&objects));
         state.objects = Some(objects);
     }
@@ -430,9 +431,10 @@ pub async fn serve(
 
 /// Readiness of the cluster's object source: API discovery has succeeded once (groups it had to
 /// skip are named, not fatal) and every started watch has listed.
-fn cluster_checks(objects: &Arc<KubeObjects>) -> [ReadyCheck; 2] {
+fn cluster_checks(objects: &Arc<KubeObjects>) -> [ReadyCheck; 3] {
     let discovery = objects.clone();
     let caches = objects.clone();
+    let access = objects.clone();
     [
         ReadyCheck {
             name: "api-discovery",
@@ -458,6 +460,21 @@ fn cluster_checks(objects: &Arc<KubeObjects>) -> [ReadyCheck; 2] {
                 Readiness::NotReady(format!(
                     "the watch of {} has not finished its first list",
                     waiting.join(", ")
+                ))
+            }),
+        },
+        // Resources RBAC keeps the adapter from listing do not make it unready: it serves everything else.
+        ReadyCheck {
+            name: "object-access",
+            check: Box::new(move || {
+                let forbidden = access.forbidden();
+                if forbidden.is_empty() {
+                    return Readiness::Ready;
+                }
+                Readiness::Degraded(format!(
+                    "not allowed to list and watch {}, so their metrics are not served (grant list and watch in the ClusterRole {})",
+                    forbidden.join(", "),
+                    crate::objects::READER_CLUSTER_ROLE
                 ))
             }),
         },

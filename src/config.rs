@@ -208,6 +208,11 @@ pub struct Args {
     /// can reach the port reads every metric.
     #[arg(long)]
     pub insecure_allow_anonymous: bool,
+    /// How often a resource RBAC keeps the adapter from listing is looked at again, and how long a
+    /// SelfSubjectAccessReview's answer stands. Not a flag (a few minutes suits every cluster); tests
+    /// shorten it.
+    #[arg(skip = crate::objects::ACCESS_RECHECK)]
+    pub access_recheck: Duration,
 }
 
 impl Args {

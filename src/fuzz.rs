@@ -14,10 +14,15 @@ use crate::{
 /// A path after `/apis/<group>/<version>/`: the router's parse and the authorizer's must agree on
 /// the namespace, resource and name, or a request could be authorized for one object and served for another.
 pub fn route(path: &str) {
-    let Some(parsed) = MetricPath::parse(path) else { return };
+    let Some(parsed) = MetricPath::parse(path) else {
+        return;
+    };
     let full = format!("/apis/custom.metrics.k8s.io/v1beta2/{path}");
     let attributes = Attributes::from_request(&Method::GET, &full);
-    assert!(attributes.resource_request, "{full}: served, but authorized as a non-resource path");
+    assert!(
+        attributes.resource_request,
+        "{full}: served, but authorized as a non-resource path"
+    );
     if let Some(namespace) = &parsed.namespace
         && !(parsed.resource == "metrics" && attributes.resource == "metrics")
     {
@@ -28,9 +33,12 @@ pub fn route(path: &str) {
 /// A `labelSelector`/`metricLabelSelector`: parsing, its printed form parsing back to the same
 /// selector, the LabelSelector shape, and PromQL matchers that quote every value.
 pub fn selectors(text: &str) {
-    let Ok(selector) = Selector::parse(text) else { return };
+    let Ok(selector) = Selector::parse(text) else {
+        return;
+    };
     let printed = selector.to_string();
-    let reparsed = Selector::parse(&printed).unwrap_or_else(|err| panic!("{text:?} printed as {printed:?}: {err}"));
+    let reparsed =
+        Selector::parse(&printed).unwrap_or_else(|err| panic!("{text:?} printed as {printed:?}: {err}"));
     assert_eq!(reparsed, selector, "{text:?} printed as {printed:?}");
     let _ = selector.to_label_selector();
     for in_regex in [promql::InRegex::Escaped, promql::InRegex::Passthrough] {
@@ -44,7 +52,9 @@ pub fn selectors(text: &str) {
 
 /// A rules file, as `--config` and its reloads read it: parse, compile, lint.
 pub fn rules_file(text: &str) {
-    let Ok(config) = rules::config::parse(text, "fuzz.yaml") else { return };
+    let Ok(config) = rules::config::parse(text, "fuzz.yaml") else {
+        return;
+    };
     if let Ok(set) = config.rule_set() {
         let _ = rules::lint(&set);
     }

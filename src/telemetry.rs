@@ -42,6 +42,11 @@ pub struct Metrics {
         Vec<(String, String)>,
         prometheus_client::metrics::gauge::Gauge,
     >,
+    /// 1 per resource the adapter may not list and watch (RBAC), by `resource` (`jobs.batch`).
+    pub resource_forbidden: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
 }
 
 impl Default for Metrics {
@@ -54,6 +59,7 @@ impl Default for Metrics {
             relist_failures: Default::default(),
             discovered_metrics: Default::default(),
             ready_checks: Default::default(),
+            resource_forbidden: Default::default(),
         };
         metrics.config_last_reload_successful.set(1);
         registry.register(
@@ -81,6 +87,11 @@ impl Default for Metrics {
             "Whether a readiness check passes (1) or fails (0), by check",
             metrics.ready_checks.clone(),
         );
+        registry.register(
+            "resource_forbidden",
+            "Resources the adapter may not list and watch, so serves no metrics of (1 each)",
+            metrics.resource_forbidden.clone(),
+        );
         Self { registry, ..metrics }
     }
 }
@@ -99,6 +110,16 @@ impl Metrics {
         self.ready_checks
             .get_or_create(&vec![("check".to_owned(), check.to_owned())])
             .set(i64::from(passing));
+    }
+
+    /// Replaces the forbidden resources: a resource that became allowed disappears.
+    pub fn set_forbidden(&self, resources: &[String]) {
+        self.resource_forbidden.clear();
+        for resource in resources {
+            self.resource_forbidden
+                .get_or_create(&vec![("resource".to_owned(), resource.clone())])
+                .set(1);
+        }
     }
 
     pub fn count_reload(&self, result: &str) {

@@ -432,6 +432,11 @@ async fn select_objects(
     };
     let source_error = |err: crate::objects::Error| match err {
         crate::objects::Error::NotSynced { .. } => ApiError::service_unavailable(err.to_string()),
+        // Not a passing outage: the metric is not served until RBAC allows it, as discovery says.
+        crate::objects::Error::Forbidden(_) => ApiError::not_found(format!(
+            "the server could not find the metric {metric} for {}: {err}",
+            resource.group_resource()
+        )),
         err => ApiError::internal(format!("unable to list matching resources: {err}")),
     };
     objects.ready(resource).await.map_err(source_error)?;

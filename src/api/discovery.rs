@@ -1,7 +1,7 @@
 //! Discovery documents (`/apis`, `/apis/<group>`, `/apis/<group>/<version>`), `/version` and
 //! a minimal OpenAPI document for the aggregator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::{
     extract::{Path, Query, State},
@@ -15,7 +15,7 @@ use super::{
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
     wants_pretty,
 };
-use crate::app::SharedState;
+use crate::{app::SharedState, app::State as AppState, objects::ResourceInfo, rules::Discovery};
 
 type Params = Query<BTreeMap<String, String>>;
 
@@ -62,7 +62,8 @@ pub(super) async fn resource_list(
     Path((group, version)): Path<(String, String)>,
     Query(params): Params,
 ) -> Response {
-    let discovery = state.discovery.load();
+    // A full Arc, not a guard: the forbidden check below awaits.
+    let discovery = state.discovery.load_full();
     let served = served_groups(&state)
         .into_iter()
         .any(|g| g.name == group && g.versions.contains(&version.as_str()));
@@ -91,8 +92,10 @@ pub(super) async fn resource_list(
             })
             .collect()
     } else {
+        let forbidden = forbidden_resources(&state, &discovery).await;
         discovery
             .iter()
+            .filter(|(_, entry)| !forbidden.contains(&entry.resource.group_resource()))
             .map(|(metric, entry)| ApiResource {
                 name: format!("{}/{metric}", entry.resource.group_resource()),
                 singular_name: String::new(),
@@ -109,6 +112,29 @@ pub(super) async fn resource_list(
         resources,
     };
     json_response(StatusCode::OK, &list, wants_pretty(&params))
+}
+
+/// The resources of `discovery` the adapter may not list and watch, so cannot serve: their metrics
+/// are left out of the discovery documents. Asked concurrently; each answer is cached by the source.
+async fn forbidden_resources(state: &AppState, discovery: &Discovery) -> BTreeSet<String> {
+    let Some(objects) = &state.objects else {
+        return BTreeSet::new();
+    };
+    let resources: BTreeMap<String, &ResourceInfo> = discovery
+        .iter()
+        .map(|(_, entry)| (entry.resource.group_resource(), &entry.resource))
+        .collect();
+    let answers = futures::future::join_all(
+        resources
+            .into_iter()
+            .map(|(key, resource)| async move { (key, objects.may_serve(resource).await) }),
+    )
+    .await;
+    answers
+        .into_iter()
+        .filter(|(_, may)| !may)
+        .map(|(key, _)| key)
+        .collect()
 }
 
 pub(super) async fn version(Query(params): Params) -> Response {

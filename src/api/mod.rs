@@ -160,6 +160,9 @@ fn wants_pretty(params: &BTreeMap<String, String>) -> bool {
 async fn own_metrics(State(state): State<SharedState>) -> Response {
     // Evaluating readiness refreshes the per-check gauges.
     let _ = state.readiness();
+    if let Some(objects) = &state.objects {
+        state.metrics.set_forbidden(&objects.forbidden());
+    }
     let mut response = state.metrics.encode().into_response();
     response.headers_mut().insert(
         CONTENT_TYPE,

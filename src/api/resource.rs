@@ -157,7 +157,13 @@ async fn objects(
     let Some(source) = &state.objects else {
         return Ok(None);
     };
-    let unavailable = |err: crate::objects::Error| ApiError::service_unavailable(err.to_string());
+    let unavailable = |err: crate::objects::Error| match err {
+        crate::objects::Error::Forbidden(_) => ApiError::not_found(format!(
+            "the server could not find the metrics of {}: {err}",
+            resource.group_resource()
+        )),
+        err => ApiError::service_unavailable(err.to_string()),
+    };
     source.ready(resource).await.map_err(unavailable)?;
     source
         .list(resource, namespace, selector)

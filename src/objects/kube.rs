@@ -1,9 +1,16 @@
 //! Objects from the cluster: metadata-only watches with a slim local cache per resource (never a
 //! LIST per request), and resource names from API discovery, refreshed when an unknown one is asked for.
+//!
+//! A resource RBAC does not let the adapter list and watch is "forbidden": its watch stops at the
+//! API server's 403 and looks again every [`ACCESS_RECHECK`] (so a later grant works without a
+//! restart), requests for it fail at once naming the permission, and it does not hold up readiness.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, RwLock},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -17,12 +24,15 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
     Error, ObjectRef, ObjectSource, ResourceInfo, Result, SharedResources,
+    access::{AccessReviews, Forbidden},
     discovery::{ApiDiscovery, DiscoveryHealth},
 };
 use crate::selector::Selector;
 
 /// How long a request waits for a cache that was just started to finish its first list.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
+/// How often a forbidden watch tries again, and how long a SelfSubjectAccessReview's answer stands.
+pub const ACCESS_RECHECK: Duration = Duration::from_secs(180);
 
 /// What is kept of an object: only what label selection needs.
 #[derive(Debug, Clone)]
@@ -32,17 +42,28 @@ struct Slim {
     deleting: bool,
 }
 
+/// Where a cache's watch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheState {
+    /// Its first list has not finished.
+    Syncing,
+    /// Listed; objects are current.
+    Synced,
+    /// The API server refused to list or watch it (403); no objects until a recheck succeeds.
+    Forbidden,
+}
+
 /// One resource's objects, kept current by a watch.
 struct Cache {
     objects: RwLock<HashMap<ObjectRef, Slim>>,
-    synced: watch::Sender<bool>,
+    state: watch::Sender<CacheState>,
 }
 
 impl Cache {
     fn new() -> Self {
         Self {
             objects: RwLock::new(HashMap::new()),
-            synced: watch::Sender::new(false),
+            state: watch::Sender::new(CacheState::Syncing),
         }
     }
 
@@ -82,6 +103,9 @@ pub struct KubeObjects {
     discovery: Arc<ApiDiscovery>,
     caches: Mutex<HashMap<String, Arc<Cache>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    reviews: AccessReviews,
+    /// [`ACCESS_RECHECK`] in milliseconds, shared with the watch tasks.
+    recheck_ms: Arc<AtomicU64>,
 }
 
 impl KubeObjects {
@@ -97,6 +121,8 @@ impl KubeObjects {
     ) -> Arc<Self> {
         let discovery = ApiDiscovery::new(discovery_client, resources.clone());
         let objects = Arc::new(Self {
+            reviews: AccessReviews::new(client.clone()),
+            recheck_ms: Arc::new(AtomicU64::new(millis(ACCESS_RECHECK))),
             client,
             discovery: discovery.clone(),
             caches: Mutex::default(),
@@ -115,14 +141,24 @@ impl KubeObjects {
         objects
     }
 
-    /// The resources whose watch has not finished its first list yet (sorted); empty when synced.
+    /// Sets how often forbidden resources are looked at again ([`ACCESS_RECHECK`] by default).
+    pub fn set_access_recheck(&self, interval: Duration) {
+        self.recheck_ms.store(millis(interval), Ordering::Relaxed);
+    }
+
+    fn access_recheck(&self) -> Duration {
+        Duration::from_millis(self.recheck_ms.load(Ordering::Relaxed))
+    }
+
+    /// The resources whose watch has not finished its first list yet (sorted); empty when every
+    /// watch has listed or was refused (a forbidden resource is reported, not waited for).
     pub fn unsynced(&self) -> Vec<String> {
         let Ok(caches) = self.caches.lock() else {
             return vec!["(object caches unavailable)".into()];
         };
         let mut waiting: Vec<String> = caches
             .iter()
-            .filter(|(_, cache)| !*cache.synced.borrow())
+            .filter(|(_, cache)| *cache.state.borrow() == CacheState::Syncing)
             .map(|(resource, _)| resource.clone())
             .collect();
         waiting.sort();
@@ -163,7 +199,12 @@ impl KubeObjects {
             // Failed and completed pods are not scale targets; the API server filters them out.
             config = config.fields("status.phase!=Failed,status.phase!=Succeeded");
         }
-        let task = tokio::spawn(run_cache(api, config, cache.clone(), resource.group_resource()));
+        let task = tokio::spawn(run_cache(
+            Watch { api, config },
+            cache.clone(),
+            resource.group_resource(),
+            self.recheck_ms.clone(),
+        ));
         if let Ok(mut tasks) = self.tasks.lock() {
             tasks.push(task);
         }
@@ -178,12 +219,25 @@ impl KubeObjects {
         let not_synced = || Error::NotSynced {
             resource: resource.group_resource(),
         };
-        if !*cache.synced.borrow() {
-            return Err(not_synced());
+        match *cache.state.borrow() {
+            CacheState::Synced => {}
+            CacheState::Syncing => return Err(not_synced()),
+            CacheState::Forbidden => return Err(Error::Forbidden(Forbidden::of(resource))),
         }
         let objects = cache.objects.read().map_err(|_| not_synced())?;
         Ok(f(&objects))
     }
+
+    /// The state of the cache of `resource`, without starting one.
+    fn cache_state(&self, resource: &ResourceInfo) -> Option<CacheState> {
+        let caches = self.caches.lock().ok()?;
+        let cache = caches.get(&resource.group_resource())?;
+        Some(*cache.state.borrow())
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Drop for KubeObjects {
@@ -194,15 +248,43 @@ impl Drop for KubeObjects {
     }
 }
 
-/// Follows one resource's watch: the first list fills a fresh map that replaces the old one
-/// (so objects deleted while disconnected disappear), later events update it in place.
-async fn run_cache(
+/// What one cache watches.
+struct Watch {
     api: Api<PartialObjectMeta<DynamicObject>>,
     config: watcher::Config,
-    cache: Arc<Cache>,
-    resource: String,
-) {
-    let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+}
+
+/// Keeps one resource's cache current. A 403 stops the watch (kube's backoff would retry it every
+/// few seconds, forever) and marks the resource forbidden, logged once; it is tried again every
+/// `recheck_ms`, and a successful list makes it an ordinary cache again.
+async fn run_cache(watch: Watch, cache: Arc<Cache>, resource: String, recheck_ms: Arc<AtomicU64>) {
+    loop {
+        let Some(refusal) = follow(&watch, &cache, &resource).await else {
+            return;
+        };
+        let recheck = Duration::from_millis(recheck_ms.load(Ordering::Relaxed));
+        if cache.state.send_replace(CacheState::Forbidden) == CacheState::Forbidden {
+            tracing::debug!(%resource, error = %refusal, "Still not allowed to list and watch; trying again later");
+        } else {
+            if let Ok(mut objects) = cache.objects.write() {
+                objects.clear();
+            }
+            tracing::warn!(
+                %resource,
+                error = %refusal,
+                recheck_seconds = recheck.as_secs(),
+                "Not allowed to list and watch this resource: its metrics are not served; grant list and watch in the ClusterRole custom-metrics-resource-reader"
+            );
+        }
+        tokio::time::sleep(recheck).await;
+    }
+}
+
+/// Follows the watch: the first list fills a fresh map that replaces the old one (so objects
+/// deleted while disconnected disappear), later events update it in place. Returns the API
+/// server's message when it refuses the list or the watch (403).
+async fn follow(watch: &Watch, cache: &Cache, resource: &str) -> Option<String> {
+    let mut stream = std::pin::pin!(watcher(watch.api.clone(), watch.config.clone()).default_backoff());
     let mut initial: Option<HashMap<ObjectRef, Slim>> = None;
     while let Some(event) = stream.next().await {
         match event {
@@ -217,13 +299,31 @@ async fn run_cache(
                 if let Ok(mut current) = cache.objects.write() {
                     *current = objects;
                 }
-                cache.synced.send_replace(true);
+                if cache.state.send_replace(CacheState::Synced) == CacheState::Forbidden {
+                    tracing::info!(%resource, "Now allowed to list and watch this resource: its metrics are served");
+                }
             }
             Ok(watcher::Event::Apply(object)) => cache.apply(object),
             Ok(watcher::Event::Delete(object)) => cache.delete(object),
-            Err(err) => tracing::warn!(%resource, error = %err, "Watching objects failed; retrying"),
+            Err(err) => match refusal(&err) {
+                Some(message) => return Some(message),
+                None => tracing::warn!(%resource, error = %err, "Watching objects failed; retrying"),
+            },
         }
     }
+    None
+}
+
+/// The API server's message when `err` is its 403 Forbidden.
+fn refusal(err: &watcher::Error) -> Option<String> {
+    let status = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => status,
+        _ => return None,
+    };
+    (status.code == 403).then(|| status.message.clone())
 }
 
 impl ObjectSource for KubeObjects {
@@ -265,14 +365,58 @@ impl ObjectSource for KubeObjects {
     fn ready<'a>(&'a self, resource: &'a ResourceInfo) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let cache = self.cache(resource);
-            let mut synced = cache.synced.subscribe();
-            match tokio::time::timeout(SYNC_WAIT, synced.wait_for(|s| *s)).await {
-                Ok(Ok(_)) => Ok(()),
+            let mut state = cache.state.subscribe();
+            let settled = tokio::time::timeout(SYNC_WAIT, state.wait_for(|s| *s != CacheState::Syncing))
+                .await
+                .ok()
+                .and_then(|settled| settled.ok().map(|state| *state));
+            match settled {
+                Some(CacheState::Synced) => Ok(()),
+                Some(CacheState::Forbidden) => Err(Error::Forbidden(Forbidden::of(resource))),
                 _ => Err(Error::NotSynced {
                     resource: resource.group_resource(),
                 }),
             }
         })
+    }
+
+    /// A watch's own outcome decides where one has settled (the list either worked or was
+    /// refused); elsewhere a SelfSubjectAccessReview of list and watch does, cached per resource for
+    /// the recheck interval, so advertising a resource starts no watch. An unanswered review
+    /// counts as allowed: requests then find out from the watch.
+    fn may_serve<'a>(&'a self, resource: &'a ResourceInfo) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.cache_state(resource) {
+                Some(CacheState::Synced) => true,
+                Some(CacheState::Forbidden) => false,
+                Some(CacheState::Syncing) | None => self
+                    .reviews
+                    .allowed(resource, self.access_recheck())
+                    .await
+                    .unwrap_or(true),
+            }
+        })
+    }
+
+    fn forbidden(&self) -> Vec<String> {
+        let mut forbidden = BTreeSet::new();
+        let mut synced = BTreeSet::new();
+        if let Ok(caches) = self.caches.lock() {
+            for (key, cache) in caches.iter() {
+                match *cache.state.borrow() {
+                    CacheState::Forbidden => forbidden.insert(key.clone()),
+                    CacheState::Synced => synced.insert(key.clone()),
+                    CacheState::Syncing => false,
+                };
+            }
+        }
+        forbidden.extend(
+            self.reviews
+                .denied()
+                .into_iter()
+                .filter(|key| !synced.contains(key)),
+        );
+        forbidden.into_iter().collect()
     }
 
     fn refresh_resources(&self) -> BoxFuture<'_, bool> {

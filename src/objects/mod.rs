@@ -1,5 +1,6 @@
 //! Which Kubernetes objects exist: the resource table and object sources behind one small trait.
 
+mod access;
 mod discovery;
 mod kube;
 mod resources;
@@ -7,7 +8,8 @@ mod static_file;
 
 use futures::future::BoxFuture;
 
-pub use self::kube::KubeObjects;
+pub use self::kube::{ACCESS_RECHECK, KubeObjects};
+pub use access::{Forbidden, READER_CLUSTER_ROLE};
 pub use discovery::DiscoveryHealth;
 pub use resources::{ResourceInfo, Resources, SharedResources};
 pub use static_file::StaticObjects;
@@ -36,6 +38,9 @@ pub enum Error {
         "the cache of {resource} has not finished its first list from the Kubernetes API yet; retry shortly"
     )]
     NotSynced { resource: String },
+    /// RBAC does not let the adapter list and watch the resource.
+    #[error("{0}")]
+    Forbidden(Forbidden),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,6 +71,18 @@ pub trait ObjectSource: Send + Sync {
     /// Waits (briefly) until objects of `resource` can be answered from memory.
     fn ready<'a>(&'a self, _resource: &'a ResourceInfo) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// Whether the adapter may list and watch `resource`, which serving its metrics needs; they are
+    /// advertised only when it may. Waits briefly at most.
+    fn may_serve<'a>(&'a self, _resource: &'a ResourceInfo) -> BoxFuture<'a, bool> {
+        Box::pin(async { true })
+    }
+
+    /// The resources (`jobs.batch`) the adapter is not allowed to list and watch, sorted: for
+    /// `/metrics` and `/readyz?verbose`.
+    fn forbidden(&self) -> Vec<String> {
+        Vec::new()
     }
 
     /// Re-reads which resources exist (a CRD added after start); true when it did.

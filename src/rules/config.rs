@@ -115,6 +115,7 @@ impl ResourcesConfig {
                 .collect(),
             template: self.template.clone(),
             namespaced: Some(self.namespaced),
+            template_ignores: Vec::new(),
         }
     }
 }

@@ -69,7 +69,24 @@ pub struct ResourceMapping {
     pub template: Option<String>,
     /// External rules only: whether the request's namespace becomes a matcher (None means yes).
     pub namespaced: Option<bool>,
+    /// Labels the template does not turn into resources (overrides still map them). Only the
+    /// built-in rules set it; prometheus-adapter's file format has no such field.
+    pub template_ignores: Vec<String>,
 }
+
+/// Labels Prometheus (`job`, `instance`), prometheus-operator (`endpoint`, `container`: the scraped
+/// port and container) and its external labels (`prometheus`, `prometheus_replica`) put on every
+/// series they scrape. They name scrape targets, not objects, yet `<<.Resource>>` would read `job`
+/// as batch Jobs and `prometheus` as prometheus-operator's Prometheus objects: every metric would be
+/// advertised for them, and serving one needs a watch RBAC rarely grants.
+pub const SCRAPE_LABELS: &[&str] = &[
+    "job",
+    "instance",
+    "endpoint",
+    "container",
+    "prometheus",
+    "prometheus_replica",
+];
 
 /// Every rule of a configuration: custom metrics rules and external metrics rules.
 #[derive(Debug, Clone, Default)]
@@ -233,6 +250,9 @@ impl Rule {
         if let Some(resource) = self.resources.overrides.get(label) {
             return resources.resolve(resource);
         }
+        if self.resources.template_ignores.iter().any(|l| l == label) {
+            return None;
+        }
         let captures = self.template_regex.as_ref()?.captures(label)?;
         let resource = captures.name("resource")?.as_str();
         match captures.name("group") {
@@ -252,11 +272,10 @@ impl Rule {
         by_override.or_else(|| {
             let template = self.resources.template.as_ref()?;
             let group = resource.group.replace(['.', '-'], "_");
-            Some(
-                template
-                    .replace("<<.Resource>>", &resource.singular)
-                    .replace("<<.Group>>", &group),
-            )
+            let label = template
+                .replace("<<.Resource>>", &resource.singular)
+                .replace("<<.Group>>", &group);
+            (!self.resources.template_ignores.contains(&label)).then_some(label)
         })
     }
 }
@@ -277,7 +296,8 @@ fn template_to_regex(template: &str) -> String {
     format!("^{escaped}$")
 }
 
-/// prometheus-adapter's six default rules (its `config-gen`), with the given rate window.
+/// prometheus-adapter's six default rules (its `config-gen`), with the given rate window, except
+/// that the [`SCRAPE_LABELS`] name no resource.
 pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
     const CONTAINER_SERIES: &str = r#"{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}"#;
     const OTHER_SERIES: &str = r#"{namespace!="",__name__!~"^container_.*"}"#;
@@ -292,13 +312,13 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
             ("namespace".into(), "namespace".into()),
             ("pod".into(), "pod".into()),
         ]),
-        template: None,
-        namespaced: None,
+        ..ResourceMapping::default()
     };
+    // Unlike prometheus-adapter's config-gen, the labels every scrape adds name no resource.
     let any_resource = ResourceMapping {
-        overrides: BTreeMap::new(),
         template: Some("<<.Resource>>".into()),
-        namespaced: None,
+        template_ignores: SCRAPE_LABELS.iter().map(|l| (*l).to_owned()).collect(),
+        ..ResourceMapping::default()
     };
     let is_not = |i, p| compile(i, p).map(SeriesFilter::IsNot);
     Ok(vec![
@@ -562,6 +582,67 @@ mod tests {
             Some("pod")
         );
         assert!(container_rule.label_for_resource(services, &resources).is_none());
+    }
+
+    #[test]
+    fn the_built_in_rules_map_no_scrape_label() {
+        let job = ResourceInfo {
+            group: "batch".into(),
+            version: "v1".into(),
+            plural: "jobs".into(),
+            singular: "job".into(),
+            short_names: vec![],
+            kind: "Job".into(),
+            namespaced: true,
+        };
+        let prometheus = ResourceInfo {
+            group: "monitoring.coreos.com".into(),
+            plural: "prometheuses".into(),
+            singular: "prometheus".into(),
+            kind: "Prometheus".into(),
+            ..job.clone()
+        };
+        let deployment = ResourceInfo {
+            group: "apps".into(),
+            plural: "deployments".into(),
+            singular: "deployment".into(),
+            kind: "Deployment".into(),
+            ..job.clone()
+        };
+        let mut list: Vec<ResourceInfo> = Resources::default().iter().cloned().collect();
+        list.extend([job.clone(), prometheus.clone(), deployment.clone()]);
+        let resources = Resources::new(list);
+        let built_in = &default_rules("2m").unwrap()[3];
+        for label in SCRAPE_LABELS {
+            assert!(
+                built_in.resource_for_label(label, &resources).is_none(),
+                "{label}"
+            );
+        }
+        assert!(built_in.label_for_resource(&job, &resources).is_none());
+        assert_eq!(
+            built_in.resource_for_label("deployment", &resources),
+            Some(&deployment)
+        );
+        // A user's rules map what they say: the same template without the ignores maps `job`.
+        let user = Rule::new(
+            0,
+            "{}",
+            vec![],
+            None,
+            None,
+            ResourceMapping {
+                template: Some("<<.Resource>>".into()),
+                ..ResourceMapping::default()
+            },
+            "x",
+        )
+        .unwrap();
+        assert_eq!(user.resource_for_label("job", &resources), Some(&job));
+        assert_eq!(
+            user.resource_for_label("prometheus", &resources),
+            Some(&prometheus)
+        );
     }
 
     #[test]

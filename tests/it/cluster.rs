@@ -8,7 +8,11 @@ use clap::Parser;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 
-use crate::{fake_kube::FakeKube, serving::urlencode, support::*};
+use crate::{
+    fake_kube::{ADAPTER_USER, FakeKube},
+    serving::urlencode,
+    support::*,
+};
 
 const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
 const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests";
@@ -141,7 +145,7 @@ async fn start_cluster() -> Cluster {
 
 /// [`start_cluster`] with `prepare` applied to the fake first, optionally not waiting for readiness.
 pub(crate) async fn start_cluster_with(prepare: impl FnOnce(&FakeKube), wait_ready: bool) -> Cluster {
-    start_cluster_args(prepare, wait_ready, &[]).await
+    start_cluster_full(prepare, wait_ready, &[], |_, _| {}).await
 }
 
 /// [`start_cluster_with`] and more flags; `--prometheus-url` among them replaces the real one.
@@ -149,6 +153,25 @@ pub(crate) async fn start_cluster_args(
     prepare: impl FnOnce(&FakeKube),
     wait_ready: bool,
     extra_args: &[&str],
+) -> Cluster {
+    start_cluster_full(prepare, wait_ready, extra_args, |_, _| {}).await
+}
+
+/// [`start_cluster_with`], with `configure` editing the adapter's flags (given the test's
+/// directory, for files the flags name) before it starts.
+async fn start_cluster_configured(
+    prepare: impl FnOnce(&FakeKube),
+    wait_ready: bool,
+    configure: impl FnOnce(&mut custom_metrics_adapter::config::Args, &std::path::Path),
+) -> Cluster {
+    start_cluster_full(prepare, wait_ready, &[], configure).await
+}
+
+async fn start_cluster_full(
+    prepare: impl FnOnce(&FakeKube),
+    wait_ready: bool,
+    extra_args: &[&str],
+    configure: impl FnOnce(&mut custom_metrics_adapter::config::Args, &std::path::Path),
 ) -> Cluster {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let fake = FakeKube::start().await;
@@ -181,7 +204,7 @@ pub(crate) async fn start_cluster_args(
         Some(_) => Vec::new(),
         None => vec!["--prometheus-url", &env().prometheus_url],
     };
-    let args = custom_metrics_adapter::config::Args::parse_from(
+    let mut args = custom_metrics_adapter::config::Args::parse_from(
         ["custom-metrics-adapter"]
             .into_iter()
             .chain(prometheus_url)
@@ -199,6 +222,7 @@ pub(crate) async fn start_cluster_args(
                 "1s",
             ]),
     );
+    configure(&mut args, cluster._dir.path());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     cluster.adapter = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -535,4 +559,202 @@ async fn readiness_waits_for_the_object_caches() {
     })
     .await;
     assert!(ready, "{:?}", cluster.get(&anonymous, "/readyz", &[]).await);
+}
+
+/// What the series' `job` label names under [`JOB_RULES`]: the scrape job of the test's exporter.
+const JOB_METRIC: &str =
+    "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/jobs.batch/exporter/http_requests";
+
+/// A user's rules file that maps the `job` label to Jobs (batch), next to pods and namespaces.
+const JOB_RULES: &str = r#"
+rules:
+  - seriesQuery: '{__name__="http_requests_total",namespace!=""}'
+    resources:
+      overrides:
+        namespace: {resource: namespace}
+        pod: {resource: pod}
+        job: {group: batch, resource: job}
+    name: {matches: ^(.*)_total$}
+    metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)'
+"#;
+
+/// Makes the fake enforce what deploy/ grants the adapter: the ClusterRole
+/// custom-metrics-resource-reader as written in deploy/, and the authentication ConfigMap (the Role
+/// extension-apiserver-authentication-reader; the fake's rules have no namespaces).
+fn rbac_like_deploy(fake: &FakeKube) {
+    fake.add_batch_types();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/base/cluster-role-resource-reader.yaml");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole =
+        serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for rule in role.rules.unwrap_or_default() {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    fake.allow(ADAPTER_USER, verb, group, resource);
+                }
+            }
+        }
+    }
+    for verb in ["get", "list", "watch"] {
+        fake.allow(ADAPTER_USER, verb, "", "configmaps");
+    }
+    fake.enforce_rbac();
+}
+
+/// Writes [`JOB_RULES`] into `dir` and points `--config` at it.
+fn job_rules(args: &mut custom_metrics_adapter::config::Args, dir: &std::path::Path) {
+    let path = dir.join("job-rules.yaml");
+    std::fs::write(&path, JOB_RULES).unwrap();
+    args.config = Some(path);
+}
+
+impl Cluster {
+    /// What the aggregator (system:masters) gets.
+    async fn as_aggregator(&self, path: &str) -> (u16, String) {
+        let aggregator = Cluster::client(Some(&self.front_proxy_ca.client("front-proxy-client", &[])));
+        let masters = [
+            ("X-Remote-User", "system:kube-aggregator"),
+            ("X-Remote-Group", "system:masters"),
+        ];
+        self.get(&aggregator, path, &masters).await
+    }
+
+    /// The names in the discovery document of custom.metrics.k8s.io/v1beta2.
+    async fn advertised(&self) -> Vec<String> {
+        let (status, body) = self.as_aggregator("/apis/custom.metrics.k8s.io/v1beta2").await;
+        assert_eq!(status, 200, "{body}");
+        let list: Value = serde_json::from_str(&body).unwrap();
+        let resources = list["resources"].as_array().cloned().unwrap_or_default();
+        resources
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_resource_rbac_forbids_answers_404_naming_the_permission_and_the_adapter_stays_ready() {
+    let cluster = start_cluster_configured(rbac_like_deploy, true, job_rules).await;
+    cluster.fake.allow(HPA_USER, "get", "custom.metrics.k8s.io", "*");
+    let anonymous = Cluster::client(None);
+
+    let started = Instant::now();
+    let (status, body) = cluster.as_hpa(JOB_METRIC).await;
+    let took = started.elapsed();
+    assert_eq!(status, 404, "{body}");
+    // Prompt: the LIST's 403, not a 10 s wait for a sync that never comes (the first LIST may wait
+    // for the adapter's client rate limit, spent at start-up).
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reason"], "NotFound", "{body}");
+    let text = message(&body);
+    for part in [
+        "http_requests",
+        "list and watch",
+        "jobs",
+        r#"API group "batch""#,
+        "ClusterRole custom-metrics-resource-reader",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from {text:?}");
+    }
+    let started = Instant::now();
+    assert_eq!(cluster.as_hpa(JOB_METRIC).await.0, 404);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a second request waited"
+    );
+
+    // Ready, and saying what is forbidden.
+    assert_eq!(
+        cluster.get(&anonymous, "/readyz", &[]).await,
+        (200, "ok".to_owned())
+    );
+    let (status, verbose) = cluster.get(&anonymous, "/readyz?verbose", &[]).await;
+    assert_eq!(status, 200, "{verbose}");
+    assert!(
+        verbose
+            .lines()
+            .any(|l| l.starts_with("[+]") && l.contains("jobs.batch")),
+        "{verbose}"
+    );
+    let (_, metrics) = cluster.as_aggregator("/metrics").await;
+    assert!(
+        metrics.contains(r#"custom_metrics_adapter_resource_forbidden{resource="jobs.batch"} 1"#),
+        "{metrics}"
+    );
+
+    // Advertised: what it can serve, not what it may not list.
+    let advertised = cluster.advertised().await;
+    assert!(
+        advertised.contains(&"pods/http_requests".to_owned()),
+        "{advertised:?}"
+    );
+    assert!(
+        !advertised.iter().any(|name| name.starts_with("jobs.batch/")),
+        "{advertised:?}"
+    );
+
+    // No retry loop against the API server: one LIST of jobs, however long it is refused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cluster.list_requests("/apis/batch/v1/jobs"), 1);
+    assert_eq!(cluster.get(&anonymous, "/readyz", &[]).await.0, 200);
+}
+
+#[tokio::test]
+async fn granting_a_forbidden_resource_serves_it_without_a_restart() {
+    let cluster = start_cluster_configured(rbac_like_deploy, true, |args, dir| {
+        job_rules(args, dir);
+        args.access_recheck = Duration::from_secs(1);
+    })
+    .await;
+    cluster.fake.allow(HPA_USER, "get", "custom.metrics.k8s.io", "*");
+    cluster
+        .fake
+        .upsert_object("batch", "v1", "jobs", "Job", Some("default"), "exporter", &[]);
+    let (status, body) = cluster.as_hpa(JOB_METRIC).await;
+    assert_eq!(status, 404, "{body}");
+
+    for verb in ["get", "list", "watch"] {
+        cluster.fake.allow(ADAPTER_USER, verb, "batch", "jobs");
+    }
+    let served = eventually(Duration::from_secs(15), async || {
+        cluster.as_hpa(JOB_METRIC).await.0 == 200
+    })
+    .await;
+    let (status, body) = cluster.as_hpa(JOB_METRIC).await;
+    assert!(served, "{status}: {body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (
+            &list["items"][0]["describedObject"]["kind"],
+            &list["items"][0]["describedObject"]["name"]
+        ),
+        (&Value::from("Job"), &Value::from("exporter"))
+    );
+    let advertised = eventually(Duration::from_secs(15), async || {
+        cluster
+            .advertised()
+            .await
+            .contains(&"jobs.batch/http_requests".to_owned())
+    })
+    .await;
+    assert!(advertised, "{:?}", cluster.advertised().await);
+    let (_, verbose) = cluster.get(&Cluster::client(None), "/readyz?verbose", &[]).await;
+    assert!(!verbose.contains("jobs.batch"), "{verbose}");
+}
+
+#[tokio::test]
+async fn the_built_in_rules_map_no_label_prometheus_adds_to_a_resource() {
+    // Every series has `job` and `instance` labels (the scrape's), and the fake serves batch Jobs.
+    let cluster = start_cluster_with(FakeKube::add_batch_types, true).await;
+    let advertised = cluster.advertised().await;
+    assert!(
+        advertised.contains(&"pods/http_requests".to_owned()),
+        "{advertised:?}"
+    );
+    assert!(
+        !advertised.iter().any(|name| name.starts_with("jobs.batch/")),
+        "{advertised:?}"
+    );
 }

@@ -13,8 +13,7 @@ const E: &str = "/apis/external.metrics.k8s.io/v1beta1";
 fn rules() -> RuleSet {
     let namespace_label = ResourceMapping {
         overrides: BTreeMap::from([("namespace".to_owned(), "namespace".to_owned())]),
-        template: None,
-        namespaced: None,
+        ..ResourceMapping::default()
     };
     let cluster_wide = ResourceMapping {
         namespaced: Some(false),

@@ -1,7 +1,8 @@
 //! An in-process fake of the Kubernetes API server: an axum app on plain HTTP at 127.0.0.1:0 that
 //! speaks the real JSON (k8s-openapi types), so kube-rs clients, watchers and reflectors work against
 //! it unchanged. It serves discovery, GET/LIST/WATCH for every known resource type (full or
-//! metadata-only), TokenReview and SubjectAccessReview, and records every request it receives.
+//! metadata-only), TokenReview, SubjectAccessReview and SelfSubjectAccessReview, and records every
+//! request it receives.
 //!
 //! Semantics follow the real server where the adapter can observe them: one global resourceVersion
 //! counter, LIST returns the current one, WATCH replays history after the requested version and then
@@ -15,14 +16,25 @@
 //! an aggregated API whose backend is down (the aggregator's plain-text 503 under its path, listed
 //! `Stale` in aggregated discovery), and root discovery answering 503.
 //!
-//! Not emulated: authentication/authorization of the callers themselves (the Authorization header
-//! is only recorded); writes other than TokenReview/SubjectAccessReview creation, subresources,
-//! admission, defaulting and validation; OpenAPI, protobuf, Table output (406), compression, TLS, HTTP/2, priority and fairness (429s);
-//! LIST `resourceVersion`/`resourceVersionMatch` (always the latest state; continue pages are cut
-//! from the current state, not a snapshot); 410 Gone (history is kept forever); periodic bookmarks
-//! (one when a watch times out, plus the initial-events-end one); field selectors beyond
-//! `metadata.name`, `metadata.namespace` and pods' `status.phase` (others are 400); real RBAC (no
-//! roles, bindings, namespaces or resource names in rules; subresources ignored).
+//! Authorization of its callers is off by default (the Authorization header is only recorded). With
+//! [`FakeKube::enforce_rbac`], GET, LIST and WATCH of resources are authorized as the real server
+//! does: the caller is the user of its bearer token (see [`FakeKube::add_token`]; the kubeconfig of
+//! [`FakeKube::write_kubeconfig`] authenticates as [`ADAPTER_USER`]), no token is
+//! `system:anonymous`, an unknown token is a 401, and a verb no [`FakeKube::allow`] rule grants is
+//! the real 403 `Status` (`jobs.batch is forbidden: User "..." cannot list resource "jobs" in API
+//! group "batch" at the cluster scope`). SelfSubjectAccessReviews are answered from the same rules
+//! for the caller (everything is allowed while RBAC is not enforced). Discovery, TokenReview and
+//! (Self)SubjectAccessReview creation are always allowed.
+//!
+//! Not emulated: writes other than TokenReview/SubjectAccessReview/SelfSubjectAccessReview creation,
+//! subresources, admission, defaulting and validation; OpenAPI, protobuf, Table output (406), compression, TLS, HTTP/2,
+//! priority and fairness (429s); LIST `resourceVersion`/`resourceVersionMatch` (always the latest
+//! state; continue pages are cut from the current state, not a snapshot); 410 Gone (history is kept
+//! forever); periodic bookmarks (one when a watch times out, plus the initial-events-end one); field
+//! selectors beyond `metadata.name`, `metadata.namespace` and pods' `status.phase` (others are 400);
+//! real RBAC objects (no roles, bindings, namespaces or resource names in rules: a rule grants a verb
+//! on a resource in every namespace; subresources ignored); a watch that is already open when a rule
+//! changes keeps streaming.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -46,7 +58,7 @@ use futures::{SinkExt, channel::mpsc};
 use k8s_openapi::{
     api::{
         authentication::v1::{TokenReview, TokenReviewStatus, UserInfo},
-        authorization::v1::{SubjectAccessReview, SubjectAccessReviewStatus},
+        authorization::v1::{SelfSubjectAccessReview, SubjectAccessReview, SubjectAccessReviewStatus},
         core::v1::{
             ConfigMap, Container, Namespace, NamespaceStatus, Pod, PodCondition, PodSpec, PodStatus, Service,
             ServiceSpec,
@@ -69,6 +81,10 @@ use tokio::sync::{broadcast, watch};
 pub const WATCH_CAP: Duration = Duration::from_secs(10);
 const READ_VERBS: &[&str] = &["get", "list", "watch"];
 const CREATE_VERBS: &[&str] = &["create"];
+/// The user the kubeconfig of [`FakeKube::write_kubeconfig`] authenticates as (token `adapter-token`):
+/// the ServiceAccount deploy/ runs the adapter as.
+pub const ADAPTER_USER: &str = "system:serviceaccount:custom-metrics:custom-metrics-apiserver";
+const ADAPTER_TOKEN: &str = "adapter-token";
 
 /// One request the fake received, in arrival order.
 #[derive(Debug, Clone)]
@@ -134,6 +150,8 @@ struct Inner {
     history: Vec<Arc<Change>>,
     tokens: HashMap<String, (String, Vec<String>)>,
     rules: Vec<Rule>,
+    /// Whether GET/LIST/WATCH of resources are authorized against `rules` (see [`FakeKube::enforce_rbac`]).
+    enforce_rbac: bool,
     requests: Vec<RecordedRequest>,
     /// Path suffixes whose LISTs wait until released (to observe clients before their caches sync).
     held_lists: Vec<String>,
@@ -269,6 +287,26 @@ impl FakeKube {
                 "SubjectAccessReview",
             )
         });
+        fake.add_type(ResType {
+            verbs: CREATE_VERBS,
+            short_names: vec![],
+            ..fake.type_for(
+                "authorization.k8s.io",
+                "selfsubjectaccessreviews",
+                "selfsubjectaccessreview",
+                "SelfSubjectAccessReview",
+            )
+        });
+        // A ServiceAccount token authenticates with these groups on a real server.
+        fake.add_token(
+            ADAPTER_TOKEN,
+            ADAPTER_USER,
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:custom-metrics",
+                "system:authenticated",
+            ],
+        );
         // Every real cluster has these two.
         fake.upsert_namespace("default", &[]);
         fake.upsert_namespace("kube-system", &[]);
@@ -300,7 +338,8 @@ impl FakeKube {
         format!("http://{}", self.addr)
     }
 
-    /// Writes a kubeconfig (server = url, user token = "adapter-token") into `dir`, returns its path.
+    /// Writes a kubeconfig (server = url, user token = "adapter-token", who is [`ADAPTER_USER`]) into
+    /// `dir`, returns its path.
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
         let path = dir.join("fake-kube.kubeconfig");
         let text = format!(
@@ -477,6 +516,14 @@ impl FakeKube {
         });
     }
 
+    /// Adds batch/v1 Jobs and CronJobs to discovery. Not there by default: each API group is one
+    /// more discovery request at the adapter's start, within its client rate limit, and tests of
+    /// timing should not pay for groups they do not use.
+    pub fn add_batch_types(&self) {
+        self.add_resource_type("batch", "v1", "jobs", "job", "Job", true, &[]);
+        self.add_resource_type("batch", "v1", "cronjobs", "cronjob", "CronJob", true, &["cj"]);
+    }
+
     /// Adds a resource type to discovery (e.g. a CRD added after the adapter started).
     #[allow(clippy::too_many_arguments)]
     pub fn add_resource_type(
@@ -535,6 +582,12 @@ impl FakeKube {
             group: group.into(),
             resource: resource.into(),
         });
+    }
+
+    /// From now on, GET/LIST/WATCH of resources need a rule of [`Self::allow`] for the caller (its
+    /// user or one of its groups), or they are the API server's 403.
+    pub fn enforce_rbac(&self) {
+        self.shared.lock().enforce_rbac = true;
     }
 
     /// Makes LISTs of paths ending in `suffix` (e.g. `/pods`) wait until [`Self::release_lists`].
@@ -624,6 +677,10 @@ fn not_found() -> Response {
         "NotFound",
         "the server could not find the requested resource".into(),
     )
+}
+
+fn unauthorized() -> Response {
+    status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into())
 }
 
 fn bad_request(message: String) -> Response {
@@ -720,6 +777,9 @@ async fn handle(
         }
         (Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
             access_review(&inner(), &body)
+        }
+        (Method::POST, ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]) => {
+            self_access_review(&inner(), &headers, &body)
         }
         (Method::GET, ["api", "v1", rest @ ..]) => resource(&shared, "", "v1", rest, &query, &headers, watch),
         (Method::GET, ["apis", group, version, rest @ ..]) => {
@@ -897,55 +957,184 @@ fn access_review(inner: &Inner, body: &[u8]) -> Response {
         .chain(spec.groups.iter().flatten())
         .map(String::as_str)
         .collect();
-    let (verb, group, resource, non_resource) =
-        match (&spec.resource_attributes, &spec.non_resource_attributes) {
-            (Some(ra), _) => (ra.verb.clone(), ra.group.clone(), ra.resource.clone(), false),
-            (None, Some(na)) => (na.verb.clone(), Some(String::new()), na.path.clone(), true),
-            (None, None) => {
-                return bad_request("resourceAttributes or nonResourceAttributes required".into());
-            }
-        };
-    let (verb, group, resource) = (
-        verb.unwrap_or_default(),
-        group.unwrap_or_default(),
-        resource.unwrap_or_default(),
-    );
-    let wild = |rule: &str, value: &str| rule == "*" || rule == value;
-    let matched = inner.rules.iter().find(|r| {
-        subjects.contains(&r.subject.as_str())
-            && wild(&r.verb, &verb)
-            && if non_resource {
-                r.group.is_empty()
-                    && (wild(&r.resource, &resource)
-                        || r.resource
-                            .strip_suffix('*')
-                            .is_some_and(|p| resource.starts_with(p)))
-            } else {
-                wild(&r.group, &group) && wild(&r.resource, &resource)
-            }
-    });
-    let status = if subjects.contains(&"system:masters") {
-        SubjectAccessReviewStatus {
-            allowed: true,
-            reason: Some("system:masters".into()),
-            ..Default::default()
-        }
-    } else if let Some(rule) = matched {
-        let reason = format!("allowed by fake rule for {:?}", rule.subject);
-        SubjectAccessReviewStatus {
-            allowed: true,
-            reason: Some(reason),
-            ..Default::default()
-        }
-    } else {
-        SubjectAccessReviewStatus {
-            allowed: false,
-            reason: Some("no RBAC policy matched".into()),
-            ..Default::default()
+    let request = match (&spec.resource_attributes, &spec.non_resource_attributes) {
+        (Some(ra), _) => Access::resource(ra.verb.as_deref(), ra.group.as_deref(), ra.resource.as_deref()),
+        (None, Some(na)) => Access::path(na.verb.as_deref(), na.path.as_deref()),
+        (None, None) => {
+            return bad_request("resourceAttributes or nonResourceAttributes required".into());
         }
     };
-    review.status = Some(status);
+    review.status = Some(inner.decide(&subjects, &request));
     respond(StatusCode::CREATED, &review)
+}
+
+/// A SelfSubjectAccessReview: the same decision as a SubjectAccessReview, for the caller.
+fn self_access_review(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
+    let mut review: SelfSubjectAccessReview = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid SelfSubjectAccessReview: {e}")),
+    };
+    let Some((user, groups)) = inner.caller(headers) else {
+        return unauthorized();
+    };
+    let spec = &review.spec;
+    let request = match (&spec.resource_attributes, &spec.non_resource_attributes) {
+        (Some(ra), _) => Access::resource(ra.verb.as_deref(), ra.group.as_deref(), ra.resource.as_deref()),
+        (None, Some(na)) => Access::path(na.verb.as_deref(), na.path.as_deref()),
+        (None, None) => {
+            return bad_request("resourceAttributes or nonResourceAttributes required".into());
+        }
+    };
+    let subjects: Vec<&str> = std::iter::once(user.as_str())
+        .chain(groups.iter().map(String::as_str))
+        .collect();
+    // It answers what the caller can do here: anything, unless RBAC is enforced.
+    review.status = Some(if inner.enforce_rbac {
+        inner.decide(&subjects, &request)
+    } else {
+        SubjectAccessReviewStatus {
+            allowed: true,
+            reason: Some("the fake does not enforce RBAC".into()),
+            ..Default::default()
+        }
+    });
+    respond(StatusCode::CREATED, &review)
+}
+
+/// What an access review or a request asks to do.
+struct Access {
+    verb: String,
+    group: String,
+    /// The resource, or the path of a non-resource request.
+    resource: String,
+    non_resource: bool,
+}
+
+impl Access {
+    fn resource(verb: Option<&str>, group: Option<&str>, resource: Option<&str>) -> Self {
+        Access {
+            verb: verb.unwrap_or_default().to_owned(),
+            group: group.unwrap_or_default().to_owned(),
+            resource: resource.unwrap_or_default().to_owned(),
+            non_resource: false,
+        }
+    }
+
+    fn path(verb: Option<&str>, path: Option<&str>) -> Self {
+        Access {
+            verb: verb.unwrap_or_default().to_owned(),
+            group: String::new(),
+            resource: path.unwrap_or_default().to_owned(),
+            non_resource: true,
+        }
+    }
+}
+
+impl Inner {
+    /// The rules' answer for these subjects (a user and its groups); `system:masters` may do anything.
+    fn decide(&self, subjects: &[&str], request: &Access) -> SubjectAccessReviewStatus {
+        let wild = |rule: &str, value: &str| rule == "*" || rule == value;
+        let matched = self.rules.iter().find(|r| {
+            subjects.contains(&r.subject.as_str())
+                && wild(&r.verb, &request.verb)
+                && if request.non_resource {
+                    r.group.is_empty()
+                        && (wild(&r.resource, &request.resource)
+                            || r.resource
+                                .strip_suffix('*')
+                                .is_some_and(|p| request.resource.starts_with(p)))
+                } else {
+                    wild(&r.group, &request.group) && wild(&r.resource, &request.resource)
+                }
+        });
+        if subjects.contains(&"system:masters") {
+            SubjectAccessReviewStatus {
+                allowed: true,
+                reason: Some("system:masters".into()),
+                ..Default::default()
+            }
+        } else if let Some(rule) = matched {
+            let reason = format!("allowed by fake rule for {:?}", rule.subject);
+            SubjectAccessReviewStatus {
+                allowed: true,
+                reason: Some(reason),
+                ..Default::default()
+            }
+        } else {
+            SubjectAccessReviewStatus {
+                allowed: false,
+                reason: Some("no RBAC policy matched".into()),
+                ..Default::default()
+            }
+        }
+    }
+
+    /// Who sends this request, as the API server's authenticators see it: the user and groups of its
+    /// bearer token, `system:anonymous` without one, None (a 401) for a token no one issued.
+    fn caller(&self, headers: &HeaderMap) -> Option<(String, Vec<String>)> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            None => Some(("system:anonymous".into(), vec!["system:unauthenticated".into()])),
+            Some(token) => self.tokens.get(token).cloned(),
+        }
+    }
+
+    /// With RBAC enforced, the API server's 403 for a `verb` on the (group, resource) the caller may
+    /// not do (or its 401); None when allowed.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        verb: &str,
+        (group, plural): (&str, &str),
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Option<Response> {
+        if !self.enforce_rbac {
+            return None;
+        }
+        let Some((user, groups)) = self.caller(headers) else {
+            return Some(unauthorized());
+        };
+        let subjects: Vec<&str> = std::iter::once(user.as_str())
+            .chain(groups.iter().map(String::as_str))
+            .collect();
+        let request = Access::resource(Some(verb), Some(group), Some(plural));
+        if self.decide(&subjects, &request).allowed {
+            return None;
+        }
+        // k8s.io/apiserver's forbiddenMessage, wrapped by errors.NewForbidden.
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace {ns:?}"),
+            None => "at the cluster scope".to_owned(),
+        };
+        let why = format!("User {user:?} cannot {verb} resource {plural:?} in API group {group:?} {scope}");
+        let qualified = if group.is_empty() {
+            plural.to_owned()
+        } else {
+            format!("{plural}.{group}")
+        };
+        let message = match name {
+            Some(name) => format!("{qualified} {name:?} is forbidden: {why}"),
+            None => format!("{qualified} is forbidden: {why}"),
+        };
+        let status = Status {
+            code: Some(403),
+            details: Some(StatusDetails {
+                group: Some(group.to_owned()).filter(|g| !g.is_empty()),
+                kind: Some(plural.to_owned()),
+                name: name.map(str::to_owned),
+                ..Default::default()
+            }),
+            message: Some(message),
+            metadata: ListMeta::default(),
+            reason: Some("Forbidden".into()),
+            status: Some("Failure".into()),
+        };
+        Some(respond(StatusCode::FORBIDDEN, &status))
+    }
 }
 
 /// What LIST/WATCH/GET select: namespace, label selector, field selector.
@@ -1077,6 +1266,15 @@ fn resource(
         _ => return not_found(),
     };
     let inner = shared.lock();
+    // As on the real server, authorization comes before routing: an unknown resource is a 403 too.
+    let verb = match (name, watch) {
+        (_, true) => "watch",
+        (Some(_), false) => "get",
+        (None, false) => "list",
+    };
+    if let Some(refused) = inner.authorize(headers, verb, (group, plural), namespace, name) {
+        return refused;
+    }
     let Some(rt) = inner.find(group, Some(version), plural).cloned() else {
         return not_found();
     };
@@ -1764,6 +1962,118 @@ mod tests {
         let post = fake.requests().into_iter().find(|r| r.method == "POST").unwrap();
         assert_eq!(post.path, "/apis/authentication.k8s.io/v1/tokenreviews");
         assert!(post.body.contains("t-hpa"));
+    }
+
+    /// A client that authenticates as [`ADAPTER_USER`], through the kubeconfig the fake writes.
+    async fn adapter_client(fake: &FakeKube, dir: &Path) -> Client {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let kubeconfig = Kubeconfig::read_from(fake.write_kubeconfig(dir)).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+        Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn enforced_rbac_answers_the_api_servers_403_and_self_reviews() {
+        let fake = FakeKube::start().await;
+        fake.add_batch_types();
+        fake.upsert_pod("default", "web-0", &[], "Running");
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = adapter_client(&fake, dir.path()).await;
+        let jobs_resource = ApiResource::erase::<k8s_openapi::api::batch::v1::Job>(&());
+        let jobs = Api::<DynamicObject>::all_with(adapter.clone(), &jobs_resource);
+        // Off by default: everyone may do anything.
+        assert!(jobs.list(&ListParams::default()).await.is_ok());
+
+        fake.enforce_rbac();
+        fake.allow("system:serviceaccounts", "list", "", "pods");
+        let refused = |err: kube::Error| match err {
+            kube::Error::Api(status) => *status,
+            other => panic!("not an API error: {other}"),
+        };
+        let status = refused(jobs.list(&ListParams::default()).await.unwrap_err());
+        assert_eq!(
+            (status.code, status.reason.as_str(), status.message.as_str()),
+            (
+                403,
+                "Forbidden",
+                r#"jobs.batch is forbidden: User "system:serviceaccount:custom-metrics:custom-metrics-apiserver" cannot list resource "jobs" in API group "batch" at the cluster scope"#
+            )
+        );
+        let details = status.details.unwrap();
+        assert_eq!((details.group.as_str(), details.kind.as_str()), ("batch", "jobs"));
+        // A metadata watch (what the adapter's caches do) is refused with the verb watch.
+        let metadata = Api::<PartialObjectMeta<DynamicObject>>::all_with(adapter.clone(), &jobs_resource);
+        let mut events = watcher(metadata, watcher::Config::default()).boxed();
+        let watch = loop {
+            match events.next().await.unwrap() {
+                Ok(watcher::Event::Init) => continue,
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(watch, Err(watcher::Error::InitialListFailed(kube::Error::Api(ref s))) if s.code == 403),
+            "{watch:?}"
+        );
+
+        // Granted through the ServiceAccount's group; get is still refused, in the namespace.
+        let pods: Api<Pod> = Api::namespaced(adapter.clone(), "default");
+        assert_eq!(pods.list(&ListParams::default()).await.unwrap().items.len(), 1);
+        let status = refused(pods.get("web-0").await.unwrap_err());
+        assert_eq!(
+            status.message,
+            r#"pods "web-0" is forbidden: User "system:serviceaccount:custom-metrics:custom-metrics-apiserver" cannot get resource "pods" in API group "" in the namespace "default""#
+        );
+        // Without a token the caller is anonymous; with a token no one issued it is a 401.
+        let status = refused(
+            Api::<Pod>::all(client(&fake))
+                .list(&ListParams::default())
+                .await
+                .unwrap_err(),
+        );
+        assert!(
+            status.message.contains(r#"User "system:anonymous" cannot list"#),
+            "{}",
+            status.message
+        );
+        let mut config = kube::Config::new(fake.url().parse().unwrap());
+        config.auth_info.token = Some("stolen".to_owned().into());
+        let stranger = Api::<Pod>::all(Client::try_from(config).unwrap());
+        assert_eq!(
+            refused(stranger.list(&ListParams::default()).await.unwrap_err()).code,
+            401
+        );
+
+        // SelfSubjectAccessReview: the same rules, for the caller.
+        let reviews: Api<SelfSubjectAccessReview> = Api::all(adapter);
+        let may = async |verb: &str, group: &str, resource: &str| {
+            let review = SelfSubjectAccessReview {
+                spec: k8s_openapi::api::authorization::v1::SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(verb.into()),
+                        group: Some(group.into()),
+                        resource: Some(resource.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = reviews.create(&PostParams::default(), &review).await.unwrap();
+            answer.status.unwrap().allowed
+        };
+        assert!(may("list", "", "pods").await);
+        assert!(!may("watch", "", "pods").await);
+        assert!(!may("list", "batch", "jobs").await);
+        fake.allow(ADAPTER_USER, "*", "batch", "jobs");
+        assert!(may("watch", "batch", "jobs").await);
+        assert!(jobs.list(&ListParams::default()).await.is_ok());
+        let post = fake.requests().into_iter().find(|r| r.method == "POST").unwrap();
+        assert_eq!(
+            post.path,
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        );
     }
 
     #[tokio::test]

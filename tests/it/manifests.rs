@@ -370,6 +370,8 @@ struct DiscoveryRule {
     series_query: String,
     #[serde(default)]
     series_filters: Vec<SeriesFilterConfig>,
+    /// Only parsed here, strictly; check_config_resources reads the adapter's own view.
+    #[allow(dead_code)]
     resources: ResourcesConfig,
     name: Option<NameConfig>,
     metrics_query: String,
@@ -384,6 +386,7 @@ struct SeriesFilterConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct ResourcesConfig {
     #[serde(default)]
     overrides: BTreeMap<String, GroupResource>,
@@ -392,6 +395,7 @@ struct ResourcesConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct GroupResource {
     group: Option<String>,
     resource: String,
@@ -762,12 +766,19 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
             );
         }
     }
-    for resource in ["deployments", "statefulsets", "replicasets"] {
+    for (group, resource) in [
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "replicasets"),
+        ("apps", "daemonsets"),
+        ("networking.k8s.io", "ingresses"),
+    ] {
         assert!(
-            grants(&rules, "apps", resource, "watch"),
-            "{object}: no watch on apps {resource}"
+            grants(&rules, group, resource, "watch"),
+            "{object}: no watch on {group} {resource}"
         );
     }
+    let reader_rules = rules;
     // The HPA controller gets custom metrics (resource = the object's resource) and lists external
     // ones (resource = the metric): every group of apiservice/, every resource.
     let (metrics, object) = deploy.get::<ClusterRole>("ClusterRole", "custom-metrics-server-resources");
@@ -793,6 +804,7 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
         .and_then(|d| d.get(config_file))
         .unwrap_or_else(|| panic!("{object}: no data {config_file} (--config {config_path})"));
     check_default_config(text, object);
+    check_config_resources(text, object, &reader_rules);
     let config: AdapterConfig = serde_saphyr::from_str(text)
         .unwrap_or_else(|e| panic!("{object}: config.yaml is not an adapter config: {e}"));
     assert_eq!(
@@ -840,26 +852,7 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
             })
             .collect();
         assert_eq!(filters, expected_filters, "{at}: seriesFilters");
-        let overrides: BTreeMap<&str, &str> = rule
-            .resources
-            .overrides
-            .iter()
-            .map(|(label, r)| {
-                assert!(r.group.is_none(), "{at}: override {label} names a group");
-                (label.as_str(), r.resource.as_str())
-            })
-            .collect();
-        let expected_overrides: BTreeMap<&str, &str> = expected
-            .resources
-            .overrides
-            .iter()
-            .map(|(label, resource)| (label.as_str(), resource.as_str()))
-            .collect();
-        assert_eq!(overrides, expected_overrides, "{at}: resources.overrides");
-        assert_eq!(
-            rule.resources.template, expected.resources.template,
-            "{at}: resources.template"
-        );
+        // resources: check_config_resources.
     }
 }
 
@@ -874,20 +867,80 @@ fn rule_summary(rule: &Rule) -> String {
         })
         .collect();
     format!(
-        "seriesQuery {:?} seriesFilters {filters:?} name {:?} -> {:?} overrides {:?} template {:?} \
-         namespaced {} metricsQuery {:?}",
+        "seriesQuery {:?} seriesFilters {filters:?} name {:?} -> {:?} namespaced {} metricsQuery {:?}",
         rule.series_query,
         rule.name_matches.as_str(),
         rule.name_as,
-        rule.resources.overrides,
-        rule.resources.template,
         rule.resources.namespaced.unwrap_or(true),
         rule.metrics_query.source(),
     )
 }
 
+/// The resources the shipped rules may name, as a config writes them (singular or plural): group,
+/// singular, plural.
+const NAMEABLE: &[(&str, &str, &str)] = &[
+    ("", "namespace", "namespaces"),
+    ("", "pod", "pods"),
+    ("", "service", "services"),
+    ("", "node", "nodes"),
+    ("apps", "deployment", "deployments"),
+    ("apps", "statefulset", "statefulsets"),
+    ("apps", "replicaset", "replicasets"),
+    ("apps", "daemonset", "daemonsets"),
+    ("networking.k8s.io", "ingress", "ingresses"),
+];
+
+/// The labels of ConfigMap adapter-config's rules name only resources the ClusterRole
+/// custom-metrics-resource-reader lets the adapter get, list and watch (what it advertises, it
+/// can serve): explicit overrides, no `<<.Resource>>` template (which maps every label that names
+/// a resource, `job` included), no label every scrape adds; rules without a template in the
+/// built-in rules (cAdvisor's) map the same labels as those.
+fn check_config_resources(text: &str, object: &Object, reader_rules: &[PolicyRule]) {
+    let config = adapter_config::parse(text, &object.to_string()).expect("parsed above");
+    let rules = config.custom_rules().expect("loaded above");
+    let built_in = default_rules("2m").expect("built-in rules");
+    for (i, (rule, expected)) in rules.iter().zip(&built_in).enumerate() {
+        let at = format!("{object}: config.yaml rule {i}");
+        assert_eq!(
+            rule.resources.template, None,
+            "{at}: a template maps labels to resources the ClusterRole does not grant; list overrides"
+        );
+        if expected.resources.template.is_none() {
+            assert_eq!(
+                rule.resources.overrides, expected.resources.overrides,
+                "{at}: resources.overrides differ from the built-in rule's"
+            );
+        }
+        for (label, resource) in &rule.resources.overrides {
+            assert!(
+                !custom_metrics_adapter::rules::SCRAPE_LABELS.contains(&label.as_str()),
+                "{at}: {label} is on every scraped series; it names no object"
+            );
+            let (name, group) = resource.split_once('.').unwrap_or((resource, ""));
+            let (_, _, plural) = NAMEABLE
+                .iter()
+                .find(|(g, singular, plural)| *g == group && (*singular == name || *plural == name))
+                .unwrap_or_else(|| panic!("{at}: {label} maps to {resource}, which NAMEABLE does not know"));
+            for verb in ["get", "list", "watch"] {
+                assert!(
+                    grants(reader_rules, group, plural, verb),
+                    "{at}: {label} maps to {resource}, but custom-metrics-resource-reader grants no {verb} on it"
+                );
+            }
+        }
+        if expected.resources.template.is_some() {
+            for label in ["namespace", "pod", "service"] {
+                assert!(
+                    rule.resources.overrides.contains_key(label),
+                    "{at}: does not map {label}"
+                );
+            }
+        }
+    }
+}
+
 /// The config of ConfigMap adapter-config, read by the adapter's own loader: the built-in default
-/// rules and nothing else (no externalRules; no resourceRules, which would take over from
+/// rules (apart from which labels name resources: [`check_config_resources`]) and nothing else (no externalRules; no resourceRules, which would take over from
 /// metrics-server), and a commented-out externalRules example that loads once uncommented.
 fn check_default_config(text: &str, object: &Object) {
     let origin = object.to_string();
@@ -900,7 +953,7 @@ fn check_default_config(text: &str, object: &Object) {
     assert_eq!(
         rules.iter().map(rule_summary).collect::<Vec<_>>(),
         built_in.iter().map(rule_summary).collect::<Vec<_>>(),
-        "{object}: config.yaml does not load as the built-in rules (--rate-interval 2m)"
+        "{object}: config.yaml does not load as the built-in rules (--rate-interval 2m), apart from resources"
     );
     assert!(
         config.external_rules.is_empty(),
