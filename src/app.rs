@@ -395,7 +395,7 @@ pub async fn serve(
         );
         None
     } else {
-        Some(delegated_auth(&args, limit).await?)
+        Some(delegated_auth(&args).await?)
     };
 
     let state = Arc::new(state);
@@ -481,19 +481,23 @@ fn cluster_checks(objects: &Arc<KubeObjects>) -> [ReadyCheck; 3] {
     ]
 }
 
-/// Authentication and authorization delegated to the Kubernetes API server.
-async fn delegated_auth(args: &Args, limit: RateLimit) -> anyhow::Result<Arc<Auth>> {
+/// Authentication and authorization delegated to the Kubernetes API server, with clients of
+/// their own (not limited by `--client-qps`) and bounded review latency.
+async fn delegated_auth(args: &Args) -> anyhow::Result<Arc<Auth>> {
+    let limit = cluster::DELEGATED_AUTH_RATE_LIMIT;
     let authn_client = cluster::client(args.authentication_kubeconfig.as_deref(), limit).await?;
     let authz_client = cluster::client(args.authorization_kubeconfig.as_deref(), limit).await?;
     let flags = flag_authn_config(args)?;
-    let tokens = TokenReviewer::new(authn_client.clone(), args.authentication_token_webhook_cache_ttl);
+    let tokens = TokenReviewer::new(authn_client.clone(), args.authentication_token_webhook_cache_ttl)
+        .with_timeout(args.authentication_timeout);
     let auth = Arc::new(Auth {
         authenticator: Authenticator::new(flags.clone().with_default_headers(), Some(tokens)),
         authorizer: Authorizer::new(
             authz_client,
             args.authorization_webhook_cache_authorized_ttl,
             args.authorization_webhook_cache_unauthorized_ttl,
-        ),
+        )
+        .with_timeout(args.authorization_timeout),
         always_allow_paths: args.authorization_always_allow_paths.clone(),
     });
     if args.authentication_skip_lookup {

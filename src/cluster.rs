@@ -30,6 +30,14 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+/// The rate limit of the TokenReview and SubjectAccessReview clients, the one k8s.io/apiserver
+/// gives its delegating authenticator and authorizer. Every request that misses the review caches
+/// waits for a review, so reviews must not queue behind `--client-qps`, which paces watches.
+pub const DELEGATED_AUTH_RATE_LIMIT: RateLimit = RateLimit {
+    qps: 200.0,
+    burst: 400,
+};
+
 /// Builds a client from `kubeconfig`, or infers the configuration when it is None.
 pub async fn client(kubeconfig: Option<&Path>, limit: RateLimit) -> Result<Client> {
     build(config(kubeconfig).await?, Some(limit))

@@ -16,6 +16,8 @@ pub enum Error {
     MaxAge { max_age: Duration, relist: Duration },
     #[error("--rate-interval must be at least 1ms")]
     RateInterval,
+    #[error("--{0} must be longer than 0s: a review needs time to answer")]
+    ZeroTimeout(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -174,6 +176,10 @@ pub struct Args {
     /// How long TokenReview answers are cached.
     #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
     pub authentication_token_webhook_cache_ttl: Duration,
+    /// How long a TokenReview may take; a bearer token that cannot be checked in time is answered
+    /// 401 (k8s.io/apiserver's TokenRequestTimeout, which has no flag there).
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub authentication_timeout: Duration,
     /// CA bundle for client certificates (user = CN, groups = O).
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
@@ -204,6 +210,10 @@ pub struct Args {
     /// How long a denied SubjectAccessReview is cached.
     #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// How long a SubjectAccessReview may take; a request whose review does not finish in time is
+    /// answered 503 with Retry-After (k8s.io/apiserver's ClientTimeout, which has no flag there).
+    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    pub authorization_timeout: Duration,
     /// Serve everyone without authentication or authorization. For local runs only: anyone who
     /// can reach the port reads every metric.
     #[arg(long)]
@@ -231,6 +241,14 @@ impl Args {
         }
         for header in &self.prometheus_headers {
             parse_header(header)?;
+        }
+        for (flag, timeout) in [
+            ("authentication-timeout", self.authentication_timeout),
+            ("authorization-timeout", self.authorization_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(Error::ZeroTimeout(flag));
+            }
         }
         Ok(())
     }
@@ -476,6 +494,13 @@ mod tests {
         assert_eq!(args.metrics_max_age(), Duration::from_secs(60));
         assert_eq!(args.prometheus_timeout, Duration::from_secs(10));
         assert_eq!(args.prometheus_verb, PrometheusVerb::Get);
+        assert_eq!(args.authentication_timeout, Duration::from_secs(10));
+        assert_eq!(args.authorization_timeout, Duration::from_secs(10));
+        let zero = Args::try_parse_from(["x", "--authorization-timeout", "0"]).unwrap();
+        assert!(
+            zero.validate().is_err(),
+            "a zero review timeout fails every request"
+        );
         let args =
             Args::try_parse_from(["x", "--prometheus-verb", "POST", "--metrics-max-age", "30s"]).unwrap();
         assert_eq!(args.prometheus_verb, PrometheusVerb::Post);

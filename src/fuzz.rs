@@ -5,28 +5,37 @@
 use axum::http::Method;
 
 use crate::{
-    api::MetricPath,
+    api::{MetricPath, path},
     auth::Attributes,
     rules::{self, promql},
     selector::Selector,
 };
 
-/// A path after `/apis/<group>/<version>/`: the router's parse and the authorizer's must agree on
-/// the namespace, resource and name, or a request could be authorized for one object and served for another.
-pub fn route(path: &str) {
-    let Some(parsed) = MetricPath::parse(path) else {
+/// A path after `/apis/<group>/<version>/`, as a client sends it (escapes and all): decoded once
+/// as the path middleware does, the router's segments (its escaped form decoded again) must be the
+/// authorizer's, and the router's parse and the authorizer's must agree on the namespace, or a
+/// request could be authorized for one object and served for another.
+pub fn route(raw: &str) {
+    let Ok((decoded, escaped)) = path::canonical(&format!("/apis/custom.metrics.k8s.io/v1beta2/{raw}"))
+    else {
         return;
     };
-    let full = format!("/apis/custom.metrics.k8s.io/v1beta2/{path}");
-    let attributes = Attributes::from_request(&Method::GET, &full);
+    assert_eq!(path::decode(&escaped).as_deref(), Ok(decoded.as_str()), "{raw:?}");
+    let Some(served) = decoded.strip_prefix("/apis/custom.metrics.k8s.io/v1beta2/") else {
+        return;
+    };
+    let Some(parsed) = MetricPath::parse(served) else {
+        return;
+    };
+    let attributes = Attributes::from_request(&Method::GET, &decoded);
     assert!(
         attributes.resource_request,
-        "{full}: served, but authorized as a non-resource path"
+        "{decoded}: served, but authorized as a non-resource path"
     );
     if let Some(namespace) = &parsed.namespace
         && !(parsed.resource == "metrics" && attributes.resource == "metrics")
     {
-        assert_eq!(&attributes.namespace, namespace, "{full}");
+        assert_eq!(&attributes.namespace, namespace, "{decoded}");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Errors answered to clients: Kubernetes `Status` objects with the code and reason the Go API
 //! machinery would use, and messages that say which stage failed and what to fix.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 
 use super::types::{ListMeta, Status, StatusCause, StatusDetails};
@@ -98,6 +98,16 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message.into(), None)
     }
 
+    /// 503 ServiceUnavailable for a transient failure, with `retryAfterSeconds` (and so a
+    /// `Retry-After` header), as the API server answers when a dependency did not respond in time.
+    pub fn service_unavailable_retry(message: impl Into<String>, retry_after_seconds: u32) -> Self {
+        let details = StatusDetails {
+            retry_after_seconds: Some(retry_after_seconds),
+            ..Default::default()
+        };
+        Self::new(503, "ServiceUnavailable", message.into(), Some(details))
+    }
+
     /// 504 Timeout: `Timeout: <message>`, with a retry hint.
     pub fn timeout(message: impl Into<String>, retry_after_seconds: u32) -> Self {
         let details = StatusDetails {
@@ -134,7 +144,15 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        super::json_response(code, &*self.status, false)
+        let mut response = super::json_response(code, &*self.status, false);
+        // Go's responsewriters set the header from the details, so clients that only read headers
+        // back off too.
+        if let Some(seconds) = self.status.details.as_ref().and_then(|d| d.retry_after_seconds) {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 

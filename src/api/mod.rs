@@ -4,6 +4,7 @@ pub(crate) mod custom;
 mod discovery;
 pub mod error;
 mod external;
+pub mod path;
 mod resource;
 pub mod types;
 
@@ -19,6 +20,7 @@ use axum::{
     routing::get,
 };
 use serde::Serialize;
+use tower::Layer;
 
 pub use custom::MetricPath;
 pub use error::ApiError;
@@ -123,7 +125,12 @@ pub fn router(state: SharedState, auth: Option<std::sync::Arc<crate::auth::Auth>
         Some(auth) => router.layer(middleware::from_fn_with_state(auth, crate::auth::middleware)),
         None => router,
     };
-    router.layer(middleware::from_fn(log_request)).with_state(state)
+    // `Router::layer` runs after routing, so the path is made canonical in a service in front of
+    // the router: routing, authentication and authorization then all see the same decoded path.
+    let canonical = middleware::from_fn(path::middleware).layer(router.with_state(state));
+    Router::new()
+        .fallback_service(canonical)
+        .layer(middleware::from_fn(log_request))
 }
 
 /// Serialises `value` as the Go API server does: compact (or 2-space indented with `?pretty`),

@@ -317,6 +317,7 @@ fn subject(cert: &CertificateDer<'_>) -> (Option<String>, Vec<String>) {
 pub struct TokenReviewer {
     api: Api<TokenReview>,
     cache: moka::future::Cache<String, Option<UserInfo>>,
+    timeout: Duration,
 }
 
 impl TokenReviewer {
@@ -327,13 +328,21 @@ impl TokenReviewer {
                 .time_to_live(ttl)
                 .max_capacity(10_000)
                 .build(),
+            timeout: super::REVIEW_TIMEOUT,
         }
+    }
+
+    /// How long a TokenReview may take, rate-limit wait included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The user the token belongs to, or None when the API server says it is not valid.
     async fn review(&self, token: &str) -> Result<Option<UserInfo>> {
         let api = self.api.clone();
         let owned = token.to_owned();
+        let timeout = self.timeout;
         self.cache
             .try_get_with(token.to_owned(), async move {
                 let review = TokenReview {
@@ -343,14 +352,15 @@ impl TokenReviewer {
                     },
                     ..Default::default()
                 };
-                let answer =
-                    tokio::time::timeout(super::REVIEW_TIMEOUT, api.create(&PostParams::default(), &review))
-                        .await
-                        .map_err(|_| format!("no answer within {:?}", super::REVIEW_TIMEOUT))?
-                        .map_err(|err| err.to_string())?;
+                let answer = super::send_review(
+                    "TokenReview",
+                    timeout,
+                    api.create(&PostParams::default(), &review),
+                )
+                .await?;
                 let status = answer.status.unwrap_or_default();
                 if status.authenticated != Some(true) {
-                    return Ok::<_, String>(None);
+                    return Ok::<_, Error>(None);
                 }
                 let user = status.user.unwrap_or_default();
                 Ok(Some(UserInfo {
@@ -361,7 +371,7 @@ impl TokenReviewer {
                 }))
             })
             .await
-            .map_err(|err| Error::Review(format!("TokenReview failed: {err}")))
+            .map_err(|err| Error::clone(&err))
     }
 }
 

@@ -9,7 +9,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use kube::{Api, api::PostParams};
 
-use super::{Error, Result, UserInfo};
+use super::{Result, UserInfo};
 
 /// What a request does, in the terms of Kubernetes authorization.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -142,6 +142,7 @@ pub struct Authorizer {
     api: Api<SubjectAccessReview>,
     allowed: moka::future::Cache<(UserInfo, Attributes), Decision>,
     denied: moka::future::Cache<(UserInfo, Attributes), Decision>,
+    timeout: Duration,
 }
 
 impl Authorizer {
@@ -156,7 +157,14 @@ impl Authorizer {
             api: Api::all(client),
             allowed: cache(allowed_ttl),
             denied: cache(denied_ttl),
+            timeout: super::REVIEW_TIMEOUT,
         }
+    }
+
+    /// How long a SubjectAccessReview may take, rate-limit wait included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub async fn authorize(&self, user: &UserInfo, attributes: &Attributes) -> Result<Decision> {
@@ -178,18 +186,12 @@ impl Authorizer {
             spec: review_spec(user, attributes),
             ..Default::default()
         };
-        let answer = tokio::time::timeout(
-            super::REVIEW_TIMEOUT,
+        let answer = super::send_review(
+            "SubjectAccessReview",
+            self.timeout,
             self.api.create(&PostParams::default(), &review),
         )
-        .await
-        .map_err(|_| {
-            Error::Review(format!(
-                "SubjectAccessReview: no answer within {:?}",
-                super::REVIEW_TIMEOUT
-            ))
-        })?
-        .map_err(|err| Error::Review(format!("SubjectAccessReview failed: {err}")))?;
+        .await?;
         let status = answer.status.unwrap_or_default();
         let decision = Decision {
             allowed: status.allowed,

@@ -4,7 +4,7 @@
 mod authn;
 mod authz;
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Request, State},
@@ -21,22 +21,75 @@ use kube::{
 pub use authn::{Authenticator, AuthnConfig, TokenReviewer, UserInfo, parse_pem_certs};
 pub use authz::{Attributes, Authorizer, Decision};
 
-use crate::{api::ApiError, server::ConnectionInfo};
+use crate::{
+    api::{ApiError, path::RequestPath},
+    server::ConnectionInfo,
+};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("Unauthorized")]
     Unauthorized,
-    #[error("{0}")]
-    Review(String),
+    #[error("{review} failed ({failure:?}): {cause}")]
+    Review {
+        review: &'static str,
+        failure: ReviewFailure,
+        cause: String,
+    },
     #[error("invalid authentication configuration: {0}")]
     Config(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How long a TokenReview or SubjectAccessReview may take before the request fails.
-pub const REVIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Why a TokenReview or SubjectAccessReview gave no answer; decides what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewFailure {
+    /// No answer within `--authentication-timeout`/`--authorization-timeout`.
+    TimedOut,
+    /// The API server could not be reached or answered 429 or 5xx: worth retrying.
+    Unavailable,
+    /// The API server refused the review (a 4xx, e.g. the adapter lacks RBAC) or answered garbage.
+    Refused,
+}
+
+/// How long a TokenReview or SubjectAccessReview may take by default, as k8s.io/apiserver's
+/// delegating authenticator and authorizer (`TokenRequestTimeout`, `ClientTimeout`).
+pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a client that may retry is told to wait, in seconds.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// Sends one review with a deadline and names the failure, so callers answer the client without
+/// passing client-library errors on.
+async fn send_review<T>(
+    review: &'static str,
+    timeout: Duration,
+    call: impl Future<Output = kube::Result<T>>,
+) -> Result<T> {
+    let failed = |failure, cause| Error::Review {
+        review,
+        failure,
+        cause,
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Err(_) => Err(failed(
+            ReviewFailure::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )),
+        Ok(Err(err)) => {
+            let failure = match &err {
+                kube::Error::Api(status) if status.code == 429 || status.code >= 500 => {
+                    ReviewFailure::Unavailable
+                }
+                kube::Error::Api(_) | kube::Error::SerdeError(_) => ReviewFailure::Refused,
+                _ => ReviewFailure::Unavailable,
+            };
+            Err(failed(failure, err.to_string()))
+        }
+    }
+}
 
 /// The name of the ConfigMap that holds the cluster's authentication settings.
 pub const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
@@ -53,49 +106,86 @@ pub struct Auth {
 #[derive(Debug, Clone)]
 pub struct Caller(pub UserInfo);
 
-/// Authenticates, strips the front proxy's headers, and authorizes every request.
+/// Authenticates, strips the front proxy's headers, and authorizes every request, on the path
+/// [`crate::api::path`] decoded (the one the router serves).
 pub async fn middleware(State(auth): State<Arc<Auth>>, mut request: Request, next: Next) -> Response {
+    let path = match request.extensions().get::<RequestPath>() {
+        Some(RequestPath(path)) => path.clone(),
+        // Not behind the path middleware: the URI was never decoded, so decode it here, once.
+        None => match crate::api::path::canonical(request.uri().path()) {
+            Ok((path, _)) => path,
+            Err(err) => return ApiError::bad_request(err.to_string()).into_response(),
+        },
+    };
+    let user = match authenticate(&auth, &mut request).await {
+        Ok(user) => user,
+        Err(response) => return *response,
+    };
+    if !auth.always_allow_paths.contains(&path) {
+        let attributes = Attributes::from_request(request.method(), &path);
+        if let Err(response) = authorize(&auth, &user, &attributes).await {
+            return *response;
+        }
+    }
+    request.extensions_mut().insert(Caller(user));
+    next.run(request).await
+}
+
+/// The caller, or the API server's 401 when credentials are invalid or cannot be checked (a
+/// TokenReview that failed or timed out: the token is not trusted without an answer).
+async fn authenticate(auth: &Auth, request: &mut Request) -> Result<UserInfo, Box<Response>> {
     let certificates = request
         .extensions()
         .get::<ConnectionInfo>()
         .map(|info| info.peer_certificates.clone())
         .unwrap_or_default();
-    let user = match auth
+    match auth
         .authenticator
         .authenticate(request.headers_mut(), &certificates)
         .await
     {
-        Ok(user) => user,
-        Err(Error::Unauthorized) => return ApiError::unauthorized().into_response(),
+        Ok(user) => Ok(user),
+        Err(Error::Unauthorized) => Err(Box::new(ApiError::unauthorized().into_response())),
         Err(err) => {
-            tracing::warn!(error = %err, "Authentication failed");
-            return ApiError::internal(err.to_string()).into_response();
-        }
-    };
-    let path = request.uri().path();
-    if !auth.always_allow_paths.iter().any(|p| p == path) {
-        let attributes = Attributes::from_request(request.method(), path);
-        match auth.authorizer.authorize(&user, &attributes).await {
-            Ok(Decision { allowed: true, .. }) => {}
-            Ok(Decision { reason, .. }) => {
-                tracing::info!(user = %user.name, verb = %attributes.verb, %path, %reason, "Forbidden");
-                let message = attributes.forbidden_message(&user.name, &reason);
-                return ApiError::forbidden(
-                    message,
-                    &attributes.api_group,
-                    &attributes.resource,
-                    &attributes.name,
-                )
-                .into_response();
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "Authorization failed");
-                return ApiError::internal(err.to_string()).into_response();
-            }
+            tracing::warn!(error = %err, "Unable to authenticate the request; answering 401");
+            Err(Box::new(ApiError::unauthorized().into_response()))
         }
     }
-    request.extensions_mut().insert(Caller(user));
-    next.run(request).await
+}
+
+/// Nothing when `user` may do what `attributes` say; otherwise the answer: 403 when denied, 503
+/// with Retry-After when the review did not complete in time or the API server is unavailable,
+/// 500 when the API server refused the review. Review details go to the log only.
+async fn authorize(auth: &Auth, user: &UserInfo, attributes: &Attributes) -> Result<(), Box<Response>> {
+    let error = match auth.authorizer.authorize(user, attributes).await {
+        Ok(Decision { allowed: true, .. }) => return Ok(()),
+        Ok(Decision { reason, .. }) => {
+            tracing::info!(user = %user.name, verb = %attributes.verb, path = %attributes.path, %reason, "Forbidden");
+            let message = attributes.forbidden_message(&user.name, &reason);
+            ApiError::forbidden(
+                message,
+                &attributes.api_group,
+                &attributes.resource,
+                &attributes.name,
+            )
+        }
+        Err(err) => {
+            tracing::warn!(user = %user.name, verb = %attributes.verb, path = %attributes.path, error = %err, "Authorization failed");
+            match err {
+                Error::Review {
+                    failure: ReviewFailure::TimedOut | ReviewFailure::Unavailable,
+                    ..
+                } => ApiError::service_unavailable_retry(
+                    "the authorization check could not be completed; retry",
+                    RETRY_AFTER_SECONDS,
+                ),
+                _ => ApiError::internal(
+                    "the authorization check could not be completed; the adapter's log says why",
+                ),
+            }
+        }
+    };
+    Err(Box::new(error.into_response()))
 }
 
 /// Keeps `authenticator` in step with the ConfigMap `kube-system/extension-apiserver-authentication`,

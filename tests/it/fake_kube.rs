@@ -32,9 +32,13 @@
 //! state; continue pages are cut from the current state, not a snapshot); 410 Gone (history is kept
 //! forever); periodic bookmarks (one when a watch times out, plus the initial-events-end one); field
 //! selectors beyond `metadata.name`, `metadata.namespace` and pods' `status.phase` (others are 400);
-//! real RBAC objects (no roles, bindings, namespaces or resource names in rules: a rule grants a verb
-//! on a resource in every namespace; subresources ignored); a watch that is already open when a rule
-//! changes keeps streaming.
+//! real RBAC objects (no roles, bindings or resource names in rules; subresources ignored; a rule
+//! grants a verb on a resource in every namespace unless limited to one, and deny rules stand in for
+//! an authorization webhook ahead of RBAC); a watch that is already open when a rule changes keeps
+//! streaming.
+//!
+//! Failure modes on demand: TokenReviews or SubjectAccessReviews that hang or answer an error
+//! Status ([`FakeKube::set_review_fault`]), LISTs held until released.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -139,6 +143,27 @@ struct Rule {
     verb: String,
     group: String,
     resource: String,
+    /// None: every namespace and cluster-scoped requests (a ClusterRoleBinding); Some: only
+    /// requests in that namespace (a RoleBinding).
+    namespace: Option<String>,
+    /// A deny rule answers `denied: true`, as a webhook authorizer ahead of RBAC can.
+    deny: bool,
+}
+
+/// How the fake answers TokenReviews or SubjectAccessReviews while a fault is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewFault {
+    /// No answer until the fault is cleared (an API server stuck on etcd or a webhook).
+    Hang,
+    /// A Status with this code (500 InternalError, 503 ServiceUnavailable, 429 TooManyRequests).
+    Fail(u16),
+}
+
+/// Which review a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Review {
+    Token,
+    Access,
 }
 
 #[derive(Default)]
@@ -161,6 +186,8 @@ struct Inner {
     legacy_discovery_only: bool,
     /// `/api` and `/apis` answer 503 (an API server that is starting or overloaded).
     discovery_down: bool,
+    token_fault: Option<ReviewFault>,
+    access_fault: Option<ReviewFault>,
 }
 
 impl Inner {
@@ -576,11 +603,37 @@ impl FakeKube {
     /// matches any verb, group or resource; with group "" the resource may be a non-resource path,
     /// a trailing "*" matching any suffix).
     pub fn allow(&self, subject: &str, verb: &str, group: &str, resource: &str) {
+        self.add_rule(subject, verb, group, resource, None, false);
+    }
+
+    /// [`Self::allow`] for requests in `namespace` only, as a RoleBinding grants.
+    pub fn allow_in(&self, namespace: &str, subject: &str, verb: &str, group: &str, resource: &str) {
+        self.add_rule(subject, verb, group, resource, Some(namespace), false);
+    }
+
+    /// SubjectAccessReview: deny `verb` on (`group`, `resource`) in `namespace` for this user or
+    /// group (`denied: true`), whatever allow rules say; as an authorization webhook ahead of RBAC
+    /// that protects a namespace does.
+    pub fn deny_in(&self, namespace: &str, subject: &str, verb: &str, group: &str, resource: &str) {
+        self.add_rule(subject, verb, group, resource, Some(namespace), true);
+    }
+
+    fn add_rule(
+        &self,
+        subject: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        deny: bool,
+    ) {
         self.shared.lock().rules.push(Rule {
             subject: subject.into(),
             verb: verb.into(),
             group: group.into(),
             resource: resource.into(),
+            namespace: namespace.map(str::to_owned),
+            deny,
         });
     }
 
@@ -588,6 +641,24 @@ impl FakeKube {
     /// user or one of its groups), or they are the API server's 403.
     pub fn enforce_rbac(&self) {
         self.shared.lock().enforce_rbac = true;
+    }
+
+    /// Makes TokenReviews or SubjectAccessReviews hang or fail until called again with None.
+    pub fn set_review_fault(&self, review: Review, fault: Option<ReviewFault>) {
+        let mut inner = self.shared.lock();
+        match review {
+            Review::Token => inner.token_fault = fault,
+            Review::Access => inner.access_fault = fault,
+        }
+    }
+
+    /// The SubjectAccessReviews received, in arrival order (also those that hung or failed).
+    pub fn access_reviews(&self) -> Vec<SubjectAccessReview> {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/subjectaccessreviews"))
+            .filter_map(|r| serde_json::from_str(&r.body).ok())
+            .collect()
     }
 
     /// Makes LISTs of paths ending in `suffix` (e.g. `/pods`) wait until [`Self::release_lists`].
@@ -773,10 +844,16 @@ async fn handle(
         (Method::GET, ["api", "v1"]) => resource_list(&inner(), "", "v1"),
         (Method::GET, ["apis", group, version]) => resource_list(&inner(), group, version),
         (Method::POST, ["apis", "authentication.k8s.io", "v1", "tokenreviews"]) => {
-            token_review(&inner(), &body)
+            match fault(&shared, Review::Token).await {
+                Some(response) => response,
+                None => token_review(&inner(), &body),
+            }
         }
         (Method::POST, ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]) => {
-            access_review(&inner(), &body)
+            match fault(&shared, Review::Access).await {
+                Some(response) => response,
+                None => access_review(&inner(), &body),
+            }
         }
         (Method::POST, ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]) => {
             self_access_review(&inner(), &headers, &body)
@@ -919,6 +996,36 @@ fn resource_list(inner: &Inner, group: &str, version: &str) -> Response {
     )
 }
 
+/// Waits while a `Hang` fault is set for `review` (or the fake stops); the failure to answer when a
+/// `Fail` fault is set.
+async fn fault(shared: &Arc<Shared>, review: Review) -> Option<Response> {
+    let current = || {
+        let inner = shared.lock();
+        match review {
+            Review::Token => inner.token_fault,
+            Review::Access => inner.access_fault,
+        }
+    };
+    while current() == Some(ReviewFault::Hang) && !*shared.shutdown.borrow() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let code = match current()? {
+        ReviewFault::Hang => return None,
+        ReviewFault::Fail(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let reason = match code.as_u16() {
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    };
+    Some(status(
+        code,
+        reason,
+        format!("the fake API server fails {review:?} reviews"),
+    ))
+}
+
 fn token_review(inner: &Inner, body: &[u8]) -> Response {
     let mut review: TokenReview = match serde_json::from_slice(body) {
         Ok(r) => r,
@@ -958,7 +1065,12 @@ fn access_review(inner: &Inner, body: &[u8]) -> Response {
         .map(String::as_str)
         .collect();
     let request = match (&spec.resource_attributes, &spec.non_resource_attributes) {
-        (Some(ra), _) => Access::resource(ra.verb.as_deref(), ra.group.as_deref(), ra.resource.as_deref()),
+        (Some(ra), _) => Access::resource(
+            ra.verb.as_deref(),
+            ra.group.as_deref(),
+            ra.resource.as_deref(),
+            ra.namespace.as_deref(),
+        ),
         (None, Some(na)) => Access::path(na.verb.as_deref(), na.path.as_deref()),
         (None, None) => {
             return bad_request("resourceAttributes or nonResourceAttributes required".into());
@@ -979,7 +1091,12 @@ fn self_access_review(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Respon
     };
     let spec = &review.spec;
     let request = match (&spec.resource_attributes, &spec.non_resource_attributes) {
-        (Some(ra), _) => Access::resource(ra.verb.as_deref(), ra.group.as_deref(), ra.resource.as_deref()),
+        (Some(ra), _) => Access::resource(
+            ra.verb.as_deref(),
+            ra.group.as_deref(),
+            ra.resource.as_deref(),
+            ra.namespace.as_deref(),
+        ),
         (None, Some(na)) => Access::path(na.verb.as_deref(), na.path.as_deref()),
         (None, None) => {
             return bad_request("resourceAttributes or nonResourceAttributes required".into());
@@ -1007,15 +1124,23 @@ struct Access {
     group: String,
     /// The resource, or the path of a non-resource request.
     resource: String,
+    /// "" at the cluster scope and for non-resource requests.
+    namespace: String,
     non_resource: bool,
 }
 
 impl Access {
-    fn resource(verb: Option<&str>, group: Option<&str>, resource: Option<&str>) -> Self {
+    fn resource(
+        verb: Option<&str>,
+        group: Option<&str>,
+        resource: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Self {
         Access {
             verb: verb.unwrap_or_default().to_owned(),
             group: group.unwrap_or_default().to_owned(),
             resource: resource.unwrap_or_default().to_owned(),
+            namespace: namespace.unwrap_or_default().to_owned(),
             non_resource: false,
         }
     }
@@ -1025,32 +1150,49 @@ impl Access {
             verb: verb.unwrap_or_default().to_owned(),
             group: String::new(),
             resource: path.unwrap_or_default().to_owned(),
+            namespace: String::new(),
             non_resource: true,
         }
     }
 }
 
 impl Inner {
-    /// The rules' answer for these subjects (a user and its groups); `system:masters` may do anything.
+    /// The rules' answer for these subjects (a user and its groups); `system:masters` may do
+    /// anything; a deny rule wins over allow rules, as a webhook authorizer ahead of RBAC does.
     fn decide(&self, subjects: &[&str], request: &Access) -> SubjectAccessReviewStatus {
         let wild = |rule: &str, value: &str| rule == "*" || rule == value;
-        let matched = self.rules.iter().find(|r| {
+        let applies = |r: &&Rule| {
             subjects.contains(&r.subject.as_str())
                 && wild(&r.verb, &request.verb)
                 && if request.non_resource {
                     r.group.is_empty()
+                        && r.namespace.is_none()
                         && (wild(&r.resource, &request.resource)
                             || r.resource
                                 .strip_suffix('*')
                                 .is_some_and(|p| request.resource.starts_with(p)))
                 } else {
-                    wild(&r.group, &request.group) && wild(&r.resource, &request.resource)
+                    wild(&r.group, &request.group)
+                        && wild(&r.resource, &request.resource)
+                        && r.namespace.as_ref().is_none_or(|ns| *ns == request.namespace)
                 }
-        });
+        };
+        let denied = self.rules.iter().filter(|r| r.deny).find(applies);
+        let matched = self.rules.iter().filter(|r| !r.deny).find(applies);
         if subjects.contains(&"system:masters") {
             SubjectAccessReviewStatus {
                 allowed: true,
                 reason: Some("system:masters".into()),
+                ..Default::default()
+            }
+        } else if let Some(rule) = denied {
+            SubjectAccessReviewStatus {
+                allowed: false,
+                denied: Some(true),
+                reason: Some(format!(
+                    "namespace {:?} is protected from {:?} by the fake's deny rule",
+                    request.namespace, rule.subject
+                )),
                 ..Default::default()
             }
         } else if let Some(rule) = matched {
@@ -1101,7 +1243,7 @@ impl Inner {
         let subjects: Vec<&str> = std::iter::once(user.as_str())
             .chain(groups.iter().map(String::as_str))
             .collect();
-        let request = Access::resource(Some(verb), Some(group), Some(plural));
+        let request = Access::resource(Some(verb), Some(group), Some(plural), namespace);
         if self.decide(&subjects, &request).allowed {
             return None;
         }
@@ -2074,6 +2216,89 @@ mod tests {
             post.path,
             "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
         );
+    }
+
+    #[tokio::test]
+    async fn namespaced_rules_denials_and_review_faults() {
+        let fake = FakeKube::start().await;
+        fake.allow_in("default", "alice", "get", "custom.metrics.k8s.io", "*");
+        fake.allow("hpa", "get", "custom.metrics.k8s.io", "*");
+        fake.deny_in("kube-system", "hpa", "*", "*", "*");
+        fake.add_token("t", "bob", &[]);
+        let sars: Api<SubjectAccessReview> = Api::all(client(&fake));
+        let sar = |user: &str, namespace: &str| SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.into()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some("get".into()),
+                    group: Some("custom.metrics.k8s.io".into()),
+                    resource: Some("pods".into()),
+                    name: Some("*".into()),
+                    namespace: (!namespace.is_empty()).then(|| namespace.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let check = async |user: &str, namespace: &str| {
+            sars.create(&PostParams::default(), &sar(user, namespace)).await
+        };
+        let status = async |user: &str, namespace: &str| {
+            let status = check(user, namespace).await.unwrap().status.unwrap();
+            (status.allowed, status.denied.unwrap_or(false))
+        };
+        assert_eq!(status("alice", "default").await, (true, false));
+        assert_eq!(
+            status("alice", "staging").await,
+            (false, false),
+            "a RoleBinding's namespace only"
+        );
+        assert_eq!(status("alice", "").await, (false, false));
+        assert_eq!(status("hpa", "default").await, (true, false));
+        assert_eq!(status("hpa", "kube-system").await, (false, true), "deny wins");
+        let namespaces: Vec<Option<String>> = fake
+            .access_reviews()
+            .into_iter()
+            .map(|r| r.spec.resource_attributes.unwrap().namespace)
+            .collect();
+        assert_eq!(namespaces.len(), 5);
+        assert_eq!(namespaces[4].as_deref(), Some("kube-system"));
+
+        fake.set_review_fault(Review::Access, Some(ReviewFault::Fail(503)));
+        // kube retries 503s for minutes by default; this client shows the first answer.
+        let mut config = kube::Config::new(fake.url().parse().unwrap());
+        config.default_retry = false;
+        let once: Api<SubjectAccessReview> = Api::all(Client::try_from(config).unwrap());
+        let failed = once
+            .create(&PostParams::default(), &sar("hpa", "default"))
+            .await
+            .unwrap_err();
+        assert!(matches!(failed, kube::Error::Api(s) if s.code == 503 && s.reason == "ServiceUnavailable"));
+        fake.set_review_fault(Review::Access, Some(ReviewFault::Hang));
+        let hung = tokio::time::timeout(Duration::from_millis(300), check("hpa", "default")).await;
+        assert!(hung.is_err(), "a hanging review does not answer");
+        let (api, review) = (sars.clone(), sar("hpa", "default"));
+        let waiting = tokio::spawn(async move { api.create(&PostParams::default(), &review).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fake.set_review_fault(Review::Access, None);
+        let answer = waiting.await.unwrap().unwrap();
+        assert!(answer.status.unwrap().allowed, "answers once the fault clears");
+
+        let tokens: Api<TokenReview> = Api::all(client(&fake));
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: "t".into(),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        fake.set_review_fault(Review::Token, Some(ReviewFault::Fail(500)));
+        let failed = tokens.create(&PostParams::default(), &review).await.unwrap_err();
+        assert!(matches!(failed, kube::Error::Api(s) if s.code == 500 && s.reason == "InternalError"));
+        fake.set_review_fault(Review::Token, None);
+        let ok = tokens.create(&PostParams::default(), &review).await.unwrap();
+        assert_eq!(ok.status.unwrap().authenticated, Some(true));
     }
 
     #[tokio::test]
