@@ -395,7 +395,9 @@ pub async fn serve(
         );
         None
     } else {
-        Some(delegated_auth(&args).await?)
+        let (auth, check) = delegated_auth(&args).await?;
+        state.ready_checks.extend(check);
+        Some(auth)
     };
 
     let state = Arc::new(state);
@@ -482,8 +484,9 @@ fn cluster_checks(objects: &Arc<KubeObjects>) -> [ReadyCheck; 3] {
 }
 
 /// Authentication and authorization delegated to the Kubernetes API server, with clients of
-/// their own (not limited by `--client-qps`) and bounded review latency.
-async fn delegated_auth(args: &Args) -> anyhow::Result<Arc<Auth>> {
+/// their own (not limited by `--client-qps`) and bounded review latency; and, unless
+/// `--authentication-skip-lookup`, the readiness check of the cluster's authentication settings.
+async fn delegated_auth(args: &Args) -> anyhow::Result<(Arc<Auth>, Option<ReadyCheck>)> {
     let limit = cluster::DELEGATED_AUTH_RATE_LIMIT;
     let authn_client = cluster::client(args.authentication_kubeconfig.as_deref(), limit).await?;
     let authz_client = cluster::client(args.authorization_kubeconfig.as_deref(), limit).await?;
@@ -501,30 +504,48 @@ async fn delegated_auth(args: &Args) -> anyhow::Result<Arc<Auth>> {
         always_allow_paths: args.authorization_always_allow_paths.clone(),
     });
     if args.authentication_skip_lookup {
-        return Ok(auth);
+        return Ok((auth, None));
     }
-    let (loaded_tx, mut loaded_rx) = tokio::sync::watch::channel(false);
-    let flags_for_merge = flags.clone();
+    let (loaded_tx, loaded_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(auth::watch_auth_configmap(
         authn_client,
         auth.clone(),
-        move |from_cluster| merge_authn(from_cluster, &flags_for_merge),
+        move |from_cluster| merge_authn(from_cluster, &flags),
         loaded_tx,
     ));
-    let loaded = tokio::time::timeout(Duration::from_secs(10), loaded_rx.wait_for(|loaded| *loaded)).await;
-    if !matches!(loaded, Ok(Ok(_))) {
-        let problem = format!(
-            "cannot read kube-system/{}: bind the ServiceAccount to the Role extension-apiserver-authentication-reader in kube-system",
-            auth::AUTH_CONFIGMAP
-        );
-        if !args.authentication_tolerate_lookup_failure {
-            anyhow::bail!("{problem}, or pass --authentication-tolerate-lookup-failure");
+    let check = auth_config_check(loaded_rx, args.authentication_tolerate_lookup_failure);
+    Ok((auth, Some(check)))
+}
+
+/// Until kube-system/extension-apiserver-authentication was read, the front proxy cannot be
+/// trusted, so the adapter is not ready (prometheus-adapter exits instead, and crash-loops while
+/// the API server is unreachable or the Role binding is missing); with
+/// `--authentication-tolerate-lookup-failure` it is ready on its flags alone.
+fn auth_config_check(loaded: tokio::sync::watch::Receiver<bool>, tolerate: bool) -> ReadyCheck {
+    let problem = format!(
+        "kube-system/{} has not been read: bind the ServiceAccount to the Role extension-apiserver-authentication-reader in kube-system",
+        auth::AUTH_CONFIGMAP
+    );
+    let mut waiting = loaded.clone();
+    let warning = problem.clone();
+    tokio::spawn(async move {
+        let read = tokio::time::timeout(Duration::from_secs(10), waiting.wait_for(|l| *l)).await;
+        if !matches!(read, Ok(Ok(_))) {
+            tracing::warn!(tolerated = tolerate, "{warning}; still trying");
         }
-        tracing::warn!(
-            "{problem}; continuing with the flags alone (--authentication-tolerate-lookup-failure)"
-        );
+    });
+    ReadyCheck {
+        name: "authentication-config",
+        check: Box::new(move || match (*loaded.borrow(), tolerate) {
+            (true, _) => Readiness::Ready,
+            (false, true) => Readiness::Degraded(format!(
+                "{problem}; using the flags alone (--authentication-tolerate-lookup-failure)"
+            )),
+            (false, false) => Readiness::NotReady(format!(
+                "{problem}, or pass --authentication-tolerate-lookup-failure"
+            )),
+        }),
     }
-    Ok(auth)
 }
 
 /// The authentication settings given by flags (empty where a flag is absent).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     cluster::{Cluster, eventually, item_names, start_cluster_args, start_cluster_with},
-    fake_kube::FakeKube,
+    fake_kube::{ADAPTER_USER, FakeKube},
     support::env,
 };
 
@@ -280,4 +280,41 @@ async fn the_aggregators_discovery_and_openapi_requests_are_answered() {
         let (status, body) = cluster.get(&aggregator, path, &as_aggregator).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
+}
+
+#[tokio::test]
+async fn unreadable_authentication_settings_make_it_unready_not_exit() {
+    let cluster = start_cluster_with(
+        |fake| {
+            allow_hpa(fake);
+            for resource in ["pods", "services", "namespaces"] {
+                for verb in ["get", "list", "watch"] {
+                    fake.allow(ADAPTER_USER, verb, "", resource);
+                }
+            }
+            // No Role binding for kube-system/extension-apiserver-authentication.
+            fake.enforce_rbac();
+        },
+        false,
+    )
+    .await;
+    let unready = eventually(Duration::from_secs(15), async || {
+        let (status, body) = readyz(&cluster, "?verbose").await;
+        status == 503
+            && body.contains(
+                "[-]authentication-config failed: kube-system/extension-apiserver-authentication has not been read",
+            )
+            && body.contains("[+]object-caches ok")
+    })
+    .await;
+    assert!(unready, "{:?}", readyz(&cluster, "?verbose").await);
+    // Past the 10 s prometheus-adapter waits before exiting, the process still serves.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(cluster.get(&Cluster::client(None), "/healthz", &[]).await.0, 200);
+
+    for verb in ["get", "list", "watch"] {
+        cluster.fake.allow(ADAPTER_USER, verb, "", "configmaps");
+    }
+    time_to_ready(&cluster, Instant::now(), Duration::from_secs(45)).await;
+    assert_eq!(cluster.as_hpa(PODS).await.0, 200);
 }
