@@ -1,12 +1,28 @@
 //! A small client for the Prometheus HTTP API: instant queries and series lookups.
+//!
+//! Answers are decoded while they arrive and stop being read past `--prometheus-max-response-bytes`
+//! ([`decode`]); credentials are re-read when their files change ([`credentials`]). Errors keep
+//! Prometheus' URL and body for the log; [`Error::summary`] is what callers may see.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration, time::SystemTime};
+mod credentials;
+mod decode;
+mod kubeconfig;
 
-use reqwest::{
-    Method,
-    header::{ACCEPT_ENCODING, AUTHORIZATION, HeaderMap, HeaderName, HeaderValue},
-};
-use serde::Deserialize;
+use std::{path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
+
+use reqwest::{Method, StatusCode, header::HeaderMap};
+
+use decode::{Envelope, QueryData, StreamError};
+pub use decode::{Labels, Sample, SeriesList, SeriesShape};
+
+/// The default of `--prometheus-max-response-bytes`.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
+/// Error answers are small JSON; more than this is not read.
+const ERROR_BODY_LIMIT: u64 = 64 << 10;
+/// How long callers are told to wait when Prometheus is unavailable and does not say.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The longest Retry-After passed on from Prometheus.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,23 +36,35 @@ pub enum Error {
     Unreachable { url: String, reason: String },
     #[error("Prometheus at {url} did not answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
-    #[error("Prometheus answered HTTP {status}: {error_type}: {error}")]
+    #[error("Prometheus at {url} is unavailable (HTTP {status}, retry after {retry_after:?}): {body}")]
+    Unavailable {
+        url: String,
+        status: u16,
+        retry_after: Duration,
+        body: String,
+    },
+    #[error("Prometheus at {url} answered HTTP {status}: {error_type}: {error}")]
     Api {
+        url: String,
         status: u16,
         error_type: String,
         error: String,
     },
-    #[error("Prometheus answered HTTP {status} with a body that is not its API's JSON: {body}")]
-    BadResponse { status: u16, body: String },
+    #[error("Prometheus at {url} answered HTTP {status} with a body that is not its API's JSON: {body}")]
+    BadResponse { url: String, status: u16, body: String },
+    #[error("Prometheus at {url} answered {query:?} with more than {} (--prometheus-max-response-bytes); reading stopped", bytes(*limit))]
+    TooLarge { url: String, query: String, limit: u64 },
     #[error("Prometheus returned a {0} result where an instant vector or scalar was expected")]
     UnexpectedResultType(String),
+    #[error("decoding Prometheus' answer stopped: {0}")]
+    Decoder(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// What went wrong in a few words, without URLs or bodies: safe for `/readyz?verbose`, which
-    /// anyone who can reach the adapter may read.
+    /// What went wrong and what to do, without URLs or Prometheus' words: safe for callers and
+    /// for `/readyz?verbose`, which anyone who can reach the adapter may read.
     pub fn summary(&self) -> String {
         match self {
             Self::Url { .. } | Self::ReadFile { .. } | Self::Setup(_) => {
@@ -44,15 +72,119 @@ impl Error {
             }
             Self::Unreachable { .. } => "Prometheus is unreachable".into(),
             Self::Timeout { timeout, .. } => format!("Prometheus did not answer within {timeout:?}"),
+            Self::Unavailable {
+                status, retry_after, ..
+            } => format!(
+                "Prometheus is unavailable (HTTP {status}); retry in {} s",
+                retry_after.as_secs()
+            ),
+            Self::Api { status, .. } | Self::BadResponse { status, .. } if matches!(status, 401 | 403) => {
+                format!("Prometheus refused the adapter's credentials (HTTP {status})")
+            }
             Self::Api {
                 status, error_type, ..
-            } => format!("Prometheus answered HTTP {status} ({error_type})"),
+            } => format!(
+                "Prometheus rejected the query (HTTP {status}, {})",
+                known_error_type(error_type)
+            ),
             Self::BadResponse { status, .. } => {
                 format!("Prometheus answered HTTP {status} with a body that is not its API's JSON")
             }
-            Self::UnexpectedResultType(kind) => format!("Prometheus returned a {kind} result"),
+            Self::TooLarge { limit, .. } => format!(
+                "Prometheus' answer is larger than {}, the limit --prometheus-max-response-bytes sets; select fewer objects or raise the limit",
+                bytes(*limit)
+            ),
+            Self::UnexpectedResultType(kind) => format!(
+                "Prometheus returned a {} result where an instant vector or scalar was expected",
+                if matches!(kind.as_str(), "matrix" | "string") {
+                    kind
+                } else {
+                    "different"
+                }
+            ),
+            Self::Decoder(_) => "decoding Prometheus' answer failed".into(),
         }
     }
+
+    /// Logs the failure of `query` with Prometheus' URL, status and words as separate fields.
+    fn log(&self, query: &str) {
+        match self {
+            Self::Unavailable {
+                url,
+                status,
+                retry_after,
+                body,
+            } => tracing::warn!(
+                query,
+                url,
+                status,
+                retry_after_s = retry_after.as_secs(),
+                body,
+                "Prometheus is unavailable"
+            ),
+            Self::Api {
+                url,
+                status,
+                error_type,
+                error,
+            } => tracing::warn!(
+                query,
+                url,
+                status,
+                error_type,
+                error,
+                "Prometheus refused the query"
+            ),
+            Self::BadResponse { url, status, body } => {
+                tracing::warn!(
+                    query,
+                    url,
+                    status,
+                    body,
+                    "Prometheus answered with a body that is not its API's JSON"
+                )
+            }
+            Self::TooLarge { url, limit, .. } => {
+                tracing::warn!(
+                    query,
+                    url,
+                    limit,
+                    "Prometheus' answer is over --prometheus-max-response-bytes; reading stopped"
+                )
+            }
+            Self::Unreachable { url, reason } => {
+                tracing::warn!(query, url, reason, "Prometheus is unreachable")
+            }
+            Self::Timeout { url, timeout } => {
+                tracing::warn!(
+                    query,
+                    url,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "Prometheus did not answer in time"
+                )
+            }
+            err => tracing::warn!(query, error = %err, "Prometheus query failed"),
+        }
+    }
+}
+
+/// Prometheus' own error types pass on; anything else could be a proxy's words.
+fn known_error_type(error_type: &str) -> &str {
+    match error_type {
+        "bad_data" | "execution" | "timeout" | "canceled" | "internal" | "unavailable" | "not_found"
+        | "not_acceptable" => error_type,
+        _ => "unknown error type",
+    }
+}
+
+/// A byte count as people write limits: `64 MiB`, `1500 bytes`.
+pub fn bytes(n: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= size && n % size == 0 {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    format!("{n} bytes")
 }
 
 /// How to reach Prometheus.
@@ -68,15 +200,8 @@ pub struct ClientConfig {
     pub auth_config: Option<PathBuf>,
     pub use_post: bool,
     pub timeout: Duration,
-}
-
-/// One sample of an instant vector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub labels: BTreeMap<String, String>,
-    /// Seconds since the Unix epoch, as Prometheus reports it (millisecond precision).
-    pub timestamp: f64,
-    pub value: f64,
+    /// Answers larger than this stop being read and fail (`--prometheus-max-response-bytes`).
+    pub max_response_bytes: u64,
 }
 
 impl ClientConfig {
@@ -91,19 +216,33 @@ impl ClientConfig {
             auth_config: None,
             use_post: false,
             timeout,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     base: String,
     use_post: bool,
     timeout: Duration,
+    max_response_bytes: u64,
+    credentials: credentials::Credentials,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("url", &self.inner.base).finish()
+    }
 }
 
 impl Client {
+    /// Checks the URL and reads the credential files; a file that does not load is an error here
+    /// (later, a changed file that does not load keeps the previous credentials).
     pub fn new(config: &ClientConfig) -> Result<Self> {
         let url = reqwest::Url::parse(&config.url).map_err(|err| Error::Url {
             url: config.url.clone(),
@@ -115,81 +254,20 @@ impl Client {
                 reason: "scheme must be http or https".into(),
             });
         }
-        let base = config.url.trim_end_matches('/').to_owned();
-
-        let mut headers = HeaderMap::new();
-        // Small query answers cost Prometheus more to gzip than to send (research perf-anchors).
-        headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        for (key, value) in &config.headers {
-            let name = HeaderName::try_from(key.as_str())
-                .map_err(|err| Error::Setup(format!("header name {key:?}: {err}")))?;
-            let value = HeaderValue::try_from(value.as_str())
-                .map_err(|err| Error::Setup(format!("header {key} value: {err}")))?;
-            headers.append(name, value);
-        }
-        if let Some(path) = &config.token_file {
-            let token = read(path)?;
-            let token = String::from_utf8_lossy(&token).trim().to_owned();
-            let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-                .map_err(|err| Error::Setup(format!("token in {}: {err}", path.display())))?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true);
-        if let Some(path) = &config.ca_file {
-            let certs = reqwest::Certificate::from_pem_bundle(&read(path)?)
-                .map_err(|err| Error::Setup(format!("CA bundle {}: {err}", path.display())))?;
-            builder = builder.tls_certs_only(certs);
-        }
-        if let Some((cert, key)) = &config.client_cert {
-            let mut pem = read(cert)?;
-            pem.push(b'\n');
-            pem.extend(read(key)?);
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|err| Error::Setup(format!("client certificate {}: {err}", cert.display())))?;
-            builder = builder.identity(identity);
-        }
-        if let Some(path) = &config.auth_config {
-            let auth = kubeconfig_auth(path)?;
-            if let Some(ca) = auth.ca_pem {
-                let certs = reqwest::Certificate::from_pem_bundle(&ca)
-                    .map_err(|err| Error::Setup(format!("CA in {}: {err}", path.display())))?;
-                builder = builder.tls_certs_only(certs);
-            }
-            if let Some(pem) = auth.identity_pem {
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|err| {
-                    Error::Setup(format!("client certificate in {}: {err}", path.display()))
-                })?;
-                builder = builder.identity(identity);
-            }
-            if auth.insecure {
-                builder = builder.tls_danger_accept_invalid_certs(true);
-            }
-            if let Some(mut value) = auth.authorization {
-                value.set_sensitive(true);
-                let mut headers = HeaderMap::new();
-                headers.insert(AUTHORIZATION, value);
-                builder = builder.default_headers(headers);
-            }
-        }
-        let http = builder.build().map_err(|err| Error::Setup(err.to_string()))?;
         Ok(Self {
-            http,
-            base,
-            use_post: config.use_post,
-            timeout: config.timeout,
+            inner: Arc::new(Inner {
+                base: config.url.trim_end_matches('/').to_owned(),
+                use_post: config.use_post,
+                timeout: config.timeout,
+                max_response_bytes: config.max_response_bytes,
+                credentials: credentials::Credentials::new(config)?,
+            }),
         })
     }
 
-    /// The base URL, for messages.
+    /// The base URL, for the log (never for callers).
     pub fn url(&self) -> &str {
-        &self.base
+        &self.inner.base
     }
 
     /// Runs an instant query at `time`. Scalars come back as one sample without labels.
@@ -197,19 +275,18 @@ impl Client {
         let params = [
             ("query", promql.to_owned()),
             ("time", format_time(time)),
-            ("timeout", format!("{}ms", self.timeout.as_millis())),
+            ("timeout", format!("{}ms", self.inner.timeout.as_millis())),
         ];
-        let data: QueryData = self.call("/api/v1/query", &params).await?;
-        match data {
-            QueryData::Vector(samples) => Ok(samples.into_iter().map(RawSample::into_sample).collect()),
-            QueryData::Scalar(pair) => Ok(vec![Sample {
-                labels: BTreeMap::new(),
-                timestamp: pair.0,
-                value: parse_value(&pair.1),
-            }]),
-            QueryData::Matrix(_) => Err(Error::UnexpectedResultType("matrix".into())),
-            QueryData::String(_) => Err(Error::UnexpectedResultType("string".into())),
+        let result = match self.call::<QueryData>("/api/v1/query", &params, promql).await {
+            Ok(QueryData::Vector(samples)) => Ok(samples),
+            Ok(QueryData::Scalar(sample)) => Ok(vec![sample]),
+            Ok(QueryData::Other(kind)) => Err(Error::UnexpectedResultType(kind)),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = &result {
+            err.log(promql);
         }
+        result
     }
 
     /// Lists the label sets of series matching `selector` with samples in `[start, end]`.
@@ -219,89 +296,107 @@ impl Client {
             ("start", format_time(start)),
             ("end", format_time(end)),
         ];
-        self.call_series(&params).await
+        self.call("/api/v1/series", &params, selector).await
     }
 
+    /// Sends a call; when Prometheus refuses the credentials (401, or a TLS handshake that fails)
+    /// and their files hold newer ones, sends it once more with those.
     async fn send(&self, path: &str, params: &[(&str, String)]) -> Result<(String, reqwest::Response)> {
-        let url = format!("{}{path}", self.base);
-        let request = if self.use_post {
-            self.http.request(Method::POST, &url).form(params)
-        } else {
-            self.http.request(Method::GET, &url).query(params)
+        let url = format!("{}{path}", self.inner.base);
+        let credentials = self.inner.credentials.current().await;
+        let first = self.request(&credentials.http, &url, params).await;
+        let refused = match &first {
+            Ok(response) => response.status() == StatusCode::UNAUTHORIZED,
+            Err(err) => !err.is_timeout(),
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|err| self.transport_error(&url, err))?;
-        Ok((url, response))
+        let newer = match refused {
+            true => {
+                self.inner
+                    .credentials
+                    .reload_after_refusal(credentials.generation)
+                    .await
+            }
+            false => None,
+        };
+        let result = match newer {
+            Some(newer) => {
+                tracing::info!(%url, generation = newer.generation, "Prometheus refused the request; retrying with the reloaded credentials");
+                self.request(&newer.http, &url, params).await
+            }
+            None => first,
+        };
+        match result {
+            Ok(response) => Ok((url, response)),
+            Err(err) => Err(self.transport_error(&url, err)),
+        }
     }
 
-    /// A small API call: the body is read whole, then decoded.
-    async fn call<T: for<'de> Deserialize<'de>>(&self, path: &str, params: &[(&str, String)]) -> Result<T> {
+    async fn request(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        params: &[(&str, String)],
+    ) -> reqwest::Result<reqwest::Response> {
+        let request = if self.inner.use_post {
+            http.request(Method::POST, url).form(params)
+        } else {
+            http.request(Method::GET, url).query(params)
+        };
+        request.send().await
+    }
+
+    /// One API call, its answer decoded while it arrives and read up to the response limit
+    /// (`subject`, the query or selector, names it in errors).
+    async fn call<T>(&self, path: &str, params: &[(&str, String)], subject: &str) -> Result<T>
+    where
+        T: for<'de> serde::Deserialize<'de> + Send + 'static,
+    {
         let started = std::time::Instant::now();
         let (url, mut response) = self.send(path, params).await?;
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|err| self.transport_error(&url, err))?
-        {
-            body.extend_from_slice(&chunk);
+        let status = response.status();
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            return Err(Error::Unavailable {
+                retry_after: retry_after(response.headers()),
+                status: status.as_u16(),
+                body: lossy(&read_head(&mut response).await),
+                url,
+            });
         }
-        tracing::debug!(%url, status, elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
-        match serde_json::from_slice(&body) {
-            Ok(envelope) => envelope_data(status, envelope),
-            Err(_) => Err(bad_response(status, &body)),
+        let limit = match status.is_success() {
+            true => self.inner.max_response_bytes,
+            false => ERROR_BODY_LIMIT,
+        };
+        let too_large = |url: String| match status.is_success() {
+            true => Error::TooLarge {
+                url,
+                query: subject.to_owned(),
+                limit,
+            },
+            false => Error::BadResponse {
+                url,
+                status: status.as_u16(),
+                body: format!("(over {} of error body)", bytes(limit)),
+            },
+        };
+        // A declared length over the limit is refused before reading a byte.
+        if response.content_length().is_some_and(|length| length > limit) {
+            return Err(too_large(url));
         }
-    }
-
-    /// A series listing, decoded while it arrives: memory holds a few chunks of the body and the
-    /// distinct shapes, however many series Prometheus lists.
-    async fn call_series(&self, params: &[(&str, String)]) -> Result<SeriesList> {
-        let started = std::time::Instant::now();
-        let (url, mut response) = self.send("/api/v1/series", params).await?;
-        let status = response.status().as_u16();
-        let (chunks, receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
-        let decoder = tokio::task::spawn_blocking(move || {
-            let reader = std::io::BufReader::with_capacity(
-                64 * 1024,
-                ChunkReader {
-                    receiver,
-                    current: bytes::Bytes::new(),
-                },
-            );
-            serde_json::from_reader::<_, Envelope<SeriesList>>(reader)
-        });
-        let mut head = Vec::new();
-        let mut transport = Ok(());
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if head.len() < 512 {
-                        head.extend_from_slice(&chunk[..chunk.len().min(512 - head.len())]);
-                    }
-                    // The decoder stops reading on malformed input; its error is reported below.
-                    if chunks.send(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    transport = Err(self.transport_error(&url, err));
-                    break;
-                }
-            }
-        }
-        drop(chunks);
-        let decoded = decoder
-            .await
-            .map_err(|err| Error::Setup(format!("series decoder stopped: {err}")))?;
-        transport?;
-        tracing::debug!(%url, status, elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
-        match decoded {
-            Ok(envelope) => envelope_data(status, envelope),
-            Err(_) => Err(bad_response(status, &head)),
+        let streamed = decode::decode::<Envelope<T>>(response, limit).await;
+        tracing::debug!(%url, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "Prometheus call");
+        match streamed.result {
+            Ok(envelope) => envelope_data(url, status.as_u16(), envelope),
+            Err(StreamError::TooLarge) => Err(too_large(url)),
+            Err(StreamError::Transport(err)) => Err(self.transport_error(&url, err)),
+            Err(StreamError::Decoder(reason)) => Err(Error::Decoder(reason)),
+            Err(StreamError::Malformed) => Err(Error::BadResponse {
+                url,
+                status: status.as_u16(),
+                body: lossy(&streamed.head),
+            }),
         }
     }
 
@@ -309,7 +404,7 @@ impl Client {
         if err.is_timeout() {
             Error::Timeout {
                 url: url.to_owned(),
-                timeout: self.timeout,
+                timeout: self.inner.timeout,
             }
         } else {
             Error::Unreachable {
@@ -320,261 +415,30 @@ impl Client {
     }
 }
 
-/// The distinct shapes (series name and label names) of a series listing. Label values are never
-/// kept: naming and resource association need only names, and prometheus-adapter's habit of
-/// holding every label set is what makes its memory grow with the number of series.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SeriesList {
-    pub shapes: Vec<SeriesShape>,
-    /// How many series Prometheus listed.
-    pub series: usize,
+/// Prometheus' `Retry-After` in seconds (bounded), or the default.
+fn retry_after(headers: &HeaderMap) -> Duration {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).clamp(Duration::from_secs(1), MAX_RETRY_AFTER))
+        .unwrap_or(DEFAULT_RETRY_AFTER)
 }
 
-/// A series name and its label names (sorted, without `__name__`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeriesShape {
-    pub name: String,
-    pub labels: Vec<String>,
-}
-
-impl<'de> Deserialize<'de> for SeriesList {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct ListVisitor;
-        impl<'de> serde::de::Visitor<'de> for ListVisitor {
-            type Value = SeriesList;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of label sets")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<SeriesList, A::Error> {
-                // Shapes by hash; most series repeat a shape already seen, so only new ones allocate.
-                let mut known: std::collections::HashMap<u64, Vec<SeriesShape>> = Default::default();
-                let mut series = 0;
-                while let Some(shape) = seq.next_element::<Option<BorrowedShape<'de>>>()? {
-                    series += 1;
-                    let Some(shape) = shape else { continue };
-                    let bucket = known.entry(shape.hash()).or_default();
-                    if !bucket.iter().any(|k| shape.is(k)) {
-                        bucket.push(shape.to_owned());
-                    }
-                }
-                let mut shapes: Vec<SeriesShape> = known.into_values().flatten().collect();
-                shapes.sort();
-                Ok(SeriesList { shapes, series })
-            }
-        }
-        deserializer.deserialize_seq(ListVisitor)
-    }
-}
-
-/// A string that borrows from the input unless it had escapes (serde's own `Cow` always copies).
-struct Text<'de>(std::borrow::Cow<'de, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> serde::de::Visitor<'de> for TextVisitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> std::result::Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(TextVisitor)
-    }
-}
-
-/// One label set of a listing, borrowing from the response body where it can.
-struct BorrowedShape<'de> {
-    name: std::borrow::Cow<'de, str>,
-    labels: Vec<std::borrow::Cow<'de, str>>,
-}
-
-impl BorrowedShape<'_> {
-    fn hash(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.name.hash(&mut hasher);
-        self.labels.hash(&mut hasher);
-        hasher.finish()
-    }
-
-    fn is(&self, known: &SeriesShape) -> bool {
-        known.name == self.name
-            && known.labels.len() == self.labels.len()
-            && known.labels.iter().zip(&self.labels).all(|(a, b)| a == b)
-    }
-
-    fn to_owned(&self) -> SeriesShape {
-        SeriesShape {
-            name: self.name.to_string(),
-            labels: self.labels.iter().map(|l| l.to_string()).collect(),
+/// The first bytes of an error body, for the log; the rest is not read.
+async fn read_head(response: &mut reqwest::Response) -> Vec<u8> {
+    let mut head = Vec::new();
+    while head.len() < 512 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => head.extend_from_slice(&chunk[..chunk.len().min(512 - head.len())]),
+            _ => break,
         }
     }
+    head
 }
 
-impl<'de> Deserialize<'de> for BorrowedShape<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct ShapeVisitor;
-        impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
-            type Value = BorrowedShape<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a label set")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                let mut name = std::borrow::Cow::Borrowed("");
-                let mut labels = Vec::new();
-                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-                    if key == "__name__" {
-                        name = map.next_value::<Text<'de>>()?.0;
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                        labels.push(key);
-                    }
-                }
-                labels.sort();
-                Ok(BorrowedShape { name, labels })
-            }
-        }
-        deserializer.deserialize_map(ShapeVisitor)
-    }
-}
-
-/// What a kubeconfig's current context says about reaching Prometheus.
-#[derive(Default)]
-struct KubeconfigAuth {
-    ca_pem: Option<Vec<u8>>,
-    identity_pem: Option<Vec<u8>>,
-    authorization: Option<HeaderValue>,
-    insecure: bool,
-}
-
-/// Reads the current context of a kubeconfig, as prometheus-adapter's `--prometheus-auth-config`
-/// does (the server URL still comes from `--prometheus-url`).
-fn kubeconfig_auth(path: &PathBuf) -> Result<KubeconfigAuth> {
-    use base64::Engine as _;
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "kebab-case", default)]
-    struct File {
-        current_context: String,
-        contexts: Vec<Named<Context>>,
-        clusters: Vec<Named<Cluster>>,
-        users: Vec<Named<User>>,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(default)]
-    struct Named<T: Default> {
-        name: String,
-        #[serde(alias = "context", alias = "cluster", alias = "user")]
-        value: T,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(default)]
-    struct Context {
-        cluster: String,
-        user: String,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "kebab-case", default)]
-    struct Cluster {
-        certificate_authority: Option<PathBuf>,
-        certificate_authority_data: Option<String>,
-        insecure_skip_tls_verify: bool,
-    }
-    #[derive(Deserialize, Default)]
-    #[serde(rename_all = "kebab-case", default)]
-    struct User {
-        token: Option<String>,
-        token_file: Option<PathBuf>,
-        username: Option<String>,
-        password: Option<String>,
-        client_certificate: Option<PathBuf>,
-        client_certificate_data: Option<String>,
-        client_key: Option<PathBuf>,
-        client_key_data: Option<String>,
-    }
-    let setup = |what: String| Error::Setup(format!("--prometheus-auth-config {}: {what}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
-        path: path.clone(),
-        source,
-    })?;
-    let file: File = serde_saphyr::from_str(&text).map_err(|err| setup(err.to_string()))?;
-    let context = file
-        .contexts
-        .iter()
-        .find(|c| c.name == file.current_context)
-        .ok_or_else(|| {
-            setup(format!(
-                "no context named {:?} (current-context)",
-                file.current_context
-            ))
-        })?;
-    let cluster = file
-        .clusters
-        .iter()
-        .find(|c| c.name == context.value.cluster)
-        .map(|c| &c.value);
-    let user = file
-        .users
-        .iter()
-        .find(|u| u.name == context.value.user)
-        .map(|u| &u.value);
-    let decode = |data: &str| {
-        base64::engine::general_purpose::STANDARD
-            .decode(data.trim())
-            .map_err(|err| setup(format!("base64: {err}")))
-    };
-    let inline_or_file = |data: &Option<String>, file: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {
-        match (data, file) {
-            (Some(data), _) => decode(data).map(Some),
-            (None, Some(file)) => read(file).map(Some),
-            (None, None) => Ok(None),
-        }
-    };
-    let mut auth = KubeconfigAuth::default();
-    if let Some(cluster) = cluster {
-        auth.ca_pem = inline_or_file(
-            &cluster.certificate_authority_data,
-            &cluster.certificate_authority,
-        )?;
-        auth.insecure = cluster.insecure_skip_tls_verify;
-    }
-    if let Some(user) = user {
-        let cert = inline_or_file(&user.client_certificate_data, &user.client_certificate)?;
-        let key = inline_or_file(&user.client_key_data, &user.client_key)?;
-        if let (Some(mut cert), Some(key)) = (cert, key) {
-            cert.push(b'\n');
-            cert.extend(key);
-            auth.identity_pem = Some(cert);
-        }
-        let token = match (&user.token, &user.token_file) {
-            (Some(token), _) => Some(token.trim().to_owned()),
-            (None, Some(file)) => Some(String::from_utf8_lossy(&read(file)?).trim().to_owned()),
-            (None, None) => None,
-        };
-        let authorization = match (token, &user.username, &user.password) {
-            (Some(token), _, _) => Some(format!("Bearer {token}")),
-            (None, Some(name), Some(password)) => Some(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"))
-            )),
-            _ => None,
-        };
-        if let Some(value) = authorization {
-            auth.authorization = Some(HeaderValue::try_from(value).map_err(|err| setup(err.to_string()))?);
-        }
-    }
-    Ok(auth)
+fn lossy(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
 }
 
 /// `error sending request: client error (Connect): tcp connect error: Connection refused`: the
@@ -594,7 +458,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The data of a successful answer, or Prometheus' error.
-fn envelope_data<T>(status: u16, envelope: Envelope<T>) -> Result<T> {
+fn envelope_data<T>(url: String, status: u16, envelope: Envelope<T>) -> Result<T> {
     match envelope {
         Envelope {
             status: ref s,
@@ -604,45 +468,12 @@ fn envelope_data<T>(status: u16, envelope: Envelope<T>) -> Result<T> {
         Envelope {
             error_type, error, ..
         } => Err(Error::Api {
+            url,
             status,
             error_type: error_type.unwrap_or_default(),
             error: error.unwrap_or_else(|| "no error text".into()),
         }),
     }
-}
-
-fn bad_response(status: u16, body: &[u8]) -> Error {
-    Error::BadResponse {
-        status,
-        body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
-    }
-}
-
-/// Feeds body chunks from the async side to a blocking JSON decoder.
-struct ChunkReader {
-    receiver: tokio::sync::mpsc::Receiver<bytes::Bytes>,
-    current: bytes::Bytes,
-}
-
-impl std::io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.receiver.blocking_recv() {
-                Some(chunk) => self.current = chunk,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-fn read(path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::ReadFile {
-        path: path.clone(),
-        source,
-    })
 }
 
 /// Seconds since the epoch with millisecond decimals, as prometheus-adapter sends them.
@@ -654,129 +485,14 @@ fn format_time(time: SystemTime) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
-/// Prometheus writes sample values as strings, including `NaN`, `+Inf` and `-Inf`.
-fn parse_value(s: &str) -> f64 {
-    match s {
-        "+Inf" | "Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        _ => s.parse().unwrap_or(f64::NAN),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope<T> {
-    status: String,
-    data: Option<T>,
-    error_type: Option<String>,
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
-enum QueryData {
-    Vector(Vec<RawSample>),
-    Scalar(ValuePair),
-    Matrix(serde::de::IgnoredAny),
-    String(serde::de::IgnoredAny),
-}
-
-#[derive(Deserialize)]
-struct ValuePair(f64, String);
-
-#[derive(Deserialize)]
-struct RawSample {
-    metric: BTreeMap<String, String>,
-    value: ValuePair,
-}
-
-impl RawSample {
-    fn into_sample(self) -> Sample {
-        Sample {
-            labels: self.metric,
-            timestamp: self.value.0,
-            value: parse_value(&self.value.1),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn decodes_vector_and_special_values() {
-        let body = r#"{"status":"success","data":{"resultType":"vector","result":[
-            {"metric":{"pod":"a"},"value":[1700000000.123,"1.5"]},
-            {"metric":{"pod":"b"},"value":[1700000000.123,"NaN"]},
-            {"metric":{"pod":"c"},"value":[1700000000.123,"+Inf"]}]}}"#;
-        let env: Envelope<QueryData> = serde_json::from_str(body).unwrap();
-        let QueryData::Vector(samples) = env.data.unwrap() else {
-            panic!("vector expected")
-        };
-        let samples: Vec<Sample> = samples.into_iter().map(RawSample::into_sample).collect();
-        assert_eq!(samples[0].value, 1.5);
-        assert_eq!(samples[0].labels["pod"], "a");
-        assert!(samples[1].value.is_nan());
-        assert_eq!(samples[2].value, f64::INFINITY);
-    }
-
-    #[test]
-    fn decodes_errors() {
-        let body = r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#;
-        let env: Envelope<QueryData> = serde_json::from_str(body).unwrap();
-        assert_eq!(env.error_type.as_deref(), Some("bad_data"));
-        assert!(env.data.is_none());
-    }
-
-    #[test]
-    fn series_listings_keep_only_distinct_shapes() {
-        let body = r#"{"status":"success","data":[
-            {"__name__":"http_requests_total","namespace":"a","pod":"p1"},
-            {"__name__":"http_requests_total","pod":"p2","namespace":"b"},
-            {"__name__":"queue_depth","namespace":"a"}]}"#;
-        let env: Envelope<SeriesList> = serde_json::from_str(body).unwrap();
-        let list = env.data.unwrap();
-        assert_eq!(list.series, 3);
-        let shape = |name: &str, labels: &[&str]| SeriesShape {
-            name: name.into(),
-            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
-        };
-        assert_eq!(
-            list.shapes,
-            [
-                shape("http_requests_total", &["namespace", "pod"]),
-                shape("queue_depth", &["namespace"])
-            ]
-        );
-    }
-
-    #[test]
     fn time_format_has_millis() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_565_786_045_323);
         assert_eq!(format_time(t), "1565786045.323");
-    }
-
-    #[test]
-    fn kubeconfig_auth_reads_the_current_context() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("prometheus.kubeconfig");
-        std::fs::write(
-            &path,
-            "apiVersion: v1\nkind: Config\ncurrent-context: prom\ncontexts:\n- name: other\n  context: {cluster: c, user: nobody}\n\
-             - name: prom\n  context: {cluster: c, user: reader}\nclusters:\n- name: c\n  cluster: {server: 'https://ignored', insecure-skip-tls-verify: true}\n\
-             users:\n- name: nobody\n  user: {token: wrong}\n- name: reader\n  user: {username: alice, password: secret}\n",
-        )
-        .unwrap();
-        let auth = kubeconfig_auth(&path).unwrap();
-        assert_eq!(
-            auth.authorization.unwrap().to_str().unwrap(),
-            "Basic YWxpY2U6c2VjcmV0"
-        );
-        assert!(auth.insecure);
-        assert!(auth.ca_pem.is_none() && auth.identity_pem.is_none());
-        std::fs::write(&path, "current-context: missing\n").unwrap();
-        assert!(kubeconfig_auth(&path).is_err());
     }
 
     #[test]
@@ -791,5 +507,68 @@ mod tests {
             ..config
         };
         assert!(Client::new(&bad).is_err());
+    }
+
+    #[test]
+    fn summaries_keep_urls_and_prometheus_words_out() {
+        let url = "http://prometheus.internal:9090/api/v1/query".to_owned();
+        let errors = [
+            Error::Api {
+                url: url.clone(),
+                status: 400,
+                error_type: "SECRET".into(),
+                error: "SECRET".into(),
+            },
+            Error::BadResponse {
+                url: url.clone(),
+                status: 502,
+                body: "SECRET".into(),
+            },
+            Error::Unavailable {
+                url: url.clone(),
+                status: 503,
+                retry_after: Duration::from_secs(7),
+                body: "SECRET".into(),
+            },
+            Error::Unreachable {
+                url: url.clone(),
+                reason: "SECRET".into(),
+            },
+            Error::TooLarge {
+                url,
+                query: "SECRET".into(),
+                limit: 64 << 20,
+            },
+            Error::UnexpectedResultType("SECRET".into()),
+        ];
+        for err in errors {
+            let summary = err.summary();
+            assert!(
+                !summary.contains("SECRET") && !summary.contains("internal"),
+                "{summary}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_bounded() {
+        let headers = |v: &str| HeaderMap::from_iter([(reqwest::header::RETRY_AFTER, v.parse().unwrap())]);
+        assert_eq!(retry_after(&headers("7")), Duration::from_secs(7));
+        assert_eq!(retry_after(&headers("0")), Duration::from_secs(1));
+        assert_eq!(retry_after(&headers("99999999999")), MAX_RETRY_AFTER);
+        assert_eq!(
+            retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")),
+            DEFAULT_RETRY_AFTER
+        );
+        assert_eq!(retry_after(&HeaderMap::new()), DEFAULT_RETRY_AFTER);
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes(1 << 30), "1 GiB");
+        assert_eq!(bytes(1536), "1536 bytes");
+        assert_eq!(bytes(2048), "2 KiB");
+        assert_eq!(bytes(1000), "1000 bytes");
     }
 }
