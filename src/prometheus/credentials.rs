@@ -106,7 +106,7 @@ impl Credentials {
     }
 
     /// Whether any credential comes from a file that may change.
-    pub(super) fn from_files(&self) -> bool {
+    pub(super) fn come_from_files(&self) -> bool {
         !self.current.load().files.0.is_empty()
     }
 
@@ -115,7 +115,7 @@ impl Credentials {
     pub(super) async fn current(&self) -> Arc<Loaded> {
         let now = self.started.elapsed().as_millis() as u64;
         let last = self.checked_ms.load(Ordering::Relaxed);
-        if self.from_files()
+        if self.come_from_files()
             && now.saturating_sub(last) >= CHECK_INTERVAL.as_millis() as u64
             && let Ok(failed) = self.refresh.try_lock()
         {
@@ -128,7 +128,7 @@ impl Credentials {
     /// After Prometheus refused credentials of `generation` (401, or a failed TLS handshake):
     /// reads the files again and says whether newer credentials are now in place, to retry with.
     pub(super) async fn reload_after_refusal(&self, generation: u64) -> Option<Arc<Loaded>> {
-        if !self.from_files() {
+        if !self.come_from_files() {
             return None;
         }
         let failed = self.refresh.lock().await;
@@ -277,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("token"), "one\n").unwrap();
         let credentials = Credentials::new(&config(dir.path())).unwrap();
-        assert!(credentials.from_files());
+        assert!(credentials.come_from_files());
         let first = credentials.current().await;
         assert_eq!(first.generation, 0);
         // Unchanged files: a refusal finds nothing newer.
@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn without_files_nothing_reloads() {
         let credentials = Credentials::new(&ClientConfig::plain("http://x", Duration::from_secs(1))).unwrap();
-        assert!(!credentials.from_files());
+        assert!(!credentials.come_from_files());
     }
 
     #[test]

@@ -70,7 +70,9 @@ impl Error {
             Self::Url { .. } | Self::ReadFile { .. } | Self::Setup(_) => {
                 "the Prometheus client is misconfigured".into()
             }
-            Self::Unreachable { .. } => "Prometheus is unreachable".into(),
+            Self::Unreachable { .. } => {
+                "Prometheus is unreachable (the adapter's log names the address and the cause)".into()
+            }
             Self::Timeout { timeout, .. } => format!("Prometheus did not answer within {timeout:?}"),
             Self::Unavailable {
                 status, retry_after, ..
@@ -180,7 +182,7 @@ fn known_error_type(error_type: &str) -> &str {
 /// A byte count as people write limits: `64 MiB`, `1500 bytes`.
 pub fn bytes(n: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{} {unit}", n / size);
         }
     }

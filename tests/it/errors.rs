@@ -191,6 +191,11 @@ async fn prometheus_unreachable_is_503_and_timeout_is_504() {
     .await;
     let body = expect_error(&adapter, &wildcard, 503, "ServiceUnavailable", &["unreachable"]).await;
     assert_golden("error_prometheus_unreachable", &body);
+    // Where Prometheus is, and what the connection library said, is for the log only.
+    assert!(
+        !body.contains(&closed.to_string()) && !body.contains("/api/v1"),
+        "{body}"
+    );
 
     // A server that accepts and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
