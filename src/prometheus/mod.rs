@@ -93,7 +93,7 @@ impl Error {
                 format!("Prometheus answered HTTP {status} with a body that is not its API's JSON")
             }
             Self::TooLarge { limit, .. } => format!(
-                "Prometheus' answer is larger than {}, the limit --prometheus-max-response-bytes sets; select fewer objects or raise the limit",
+                "Prometheus' answer is larger than {}, the limit --prometheus-max-response-bytes sets; ask for fewer objects or series, or raise the limit",
                 bytes(*limit)
             ),
             Self::UnexpectedResultType(kind) => format!(

@@ -261,3 +261,15 @@ async fn unknown_routes_and_methods() {
     let status: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(status["reason"], "MethodNotAllowed");
 }
+
+#[tokio::test]
+async fn malformed_paths_and_queries_are_statuses() {
+    let adapter = start_adapter(AdapterOptions::default()).await;
+    // Percent-encodings that are not UTF-8, in the path and in the query.
+    for path in [
+        format!("{P}/namespaces/%FF/pods/*/http_requests"),
+        format!("{P}/namespaces/default/pods/*/http_requests?labelSelector=%FF"),
+    ] {
+        expect_error(&adapter, &path, 400, "BadRequest", &[]).await;
+    }
+}
