@@ -292,6 +292,47 @@ mod tests {
         assert_eq!(credentials.reload_after_refusal(0).await.unwrap().generation, 1);
     }
 
+    #[tokio::test]
+    async fn a_kubeconfig_and_the_token_file_it_names_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kubeconfig, token) = (dir.path().join("kubeconfig"), dir.path().join("token"));
+        std::fs::write(&token, "one").unwrap();
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "current-context: p\ncontexts:\n- name: p\n  context: {{cluster: c, user: u}}\nclusters:\n- name: c\n  cluster: {{}}\nusers:\n- name: u\n  user: {{token-file: {}}}\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let config = ClientConfig {
+            auth_config: Some(kubeconfig.clone()),
+            ..ClientConfig::plain("http://127.0.0.1:9", Duration::from_secs(1))
+        };
+        let credentials = Credentials::new(&config).unwrap();
+        assert!(credentials.come_from_files());
+        std::fs::write(&token, "two").unwrap();
+        assert_eq!(credentials.reload_after_refusal(0).await.unwrap().generation, 1);
+        // A kubeconfig cut mid-write keeps the previous credentials.
+        std::fs::write(&kubeconfig, "current-context: p\ncontexts: [").unwrap();
+        assert!(credentials.reload_after_refusal(1).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn changed_files_are_found_by_the_periodic_check() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "one").unwrap();
+        let mut credentials = Credentials::new(&config(dir.path())).unwrap();
+        std::fs::write(dir.path().join("token"), "two").unwrap();
+        // Within the interval the files are not read.
+        assert_eq!(credentials.current().await.generation, 0);
+        credentials.started -= CHECK_INTERVAL * 2;
+        assert_eq!(credentials.current().await.generation, 1);
+        // Checked just now: the next request does not read again.
+        std::fs::write(dir.path().join("token"), "three").unwrap();
+        assert_eq!(credentials.current().await.generation, 1);
+    }
+
     #[test]
     fn without_files_nothing_reloads() {
         let credentials = Credentials::new(&ClientConfig::plain("http://x", Duration::from_secs(1))).unwrap();
