@@ -114,6 +114,7 @@ impl State {
             auth_config: args.prometheus_auth_config.clone(),
             use_post: args.prometheus_verb == PrometheusVerb::Post,
             timeout: args.prometheus_timeout,
+            max_response_bytes: args.prometheus_max_response_bytes,
         })?;
         let rules = load_rules(args)?;
         let objects: Option<Arc<dyn ObjectSource>> = match &args.objects_file {

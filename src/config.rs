@@ -18,6 +18,10 @@ pub enum Error {
     RateInterval,
     #[error("--{0} must be longer than 0s: a review needs time to answer")]
     ZeroTimeout(&'static str),
+    #[error(
+        "invalid byte size {0:?}: expected a positive number of bytes, optionally with Ki, Mi or Gi (e.g. 64Mi)"
+    )]
+    ByteSize(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -107,6 +111,9 @@ pub struct Args {
     /// Timeout of every Prometheus call.
     #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
     pub prometheus_timeout: Duration,
+    /// Larger Prometheus answers stop being read and fail: bytes, or with a Ki, Mi or Gi suffix.
+    #[arg(long, default_value = "64Mi", value_parser = parse_byte_size)]
+    pub prometheus_max_response_bytes: u64,
 
     /// Window of rate() for counters.
     #[arg(long, default_value = "2m", value_parser = parse_go_duration)]
@@ -350,6 +357,17 @@ pub fn parse_header(s: &str) -> Result<(String, String)> {
     Ok((key.trim().to_owned(), value.to_owned()))
 }
 
+/// Parses a byte count: `67108864`, `64Mi`, `512Ki`, `1Gi`; zero is refused.
+pub fn parse_byte_size(s: &str) -> Result<u64> {
+    let err = || Error::ByteSize(s.to_owned());
+    let (number, shift) = [("Gi", 30), ("Mi", 20), ("Ki", 10)]
+        .iter()
+        .find_map(|(suffix, shift)| s.strip_suffix(suffix).map(|n| (n, *shift)))
+        .unwrap_or((s, 0));
+    let number: u64 = number.parse().map_err(|_| err())?;
+    number.checked_mul(1 << shift).filter(|n| *n > 0).ok_or_else(err)
+}
+
 /// Parses a Go `time.ParseDuration` string: a sequence of decimal numbers with units
 /// `ns`, `us`, `µs`, `ms`, `s`, `m`, `h` (e.g. `300ms`, `1.5h`, `2h45m`). Negative durations are refused.
 pub fn parse_go_duration(s: &str) -> Result<Duration> {
@@ -501,6 +519,7 @@ mod tests {
             zero.validate().is_err(),
             "a zero review timeout fails every request"
         );
+        assert_eq!(args.prometheus_max_response_bytes, 64 << 20);
         let args =
             Args::try_parse_from(["x", "--prometheus-verb", "POST", "--metrics-max-age", "30s"]).unwrap();
         assert_eq!(args.prometheus_verb, PrometheusVerb::Post);
@@ -509,5 +528,16 @@ mod tests {
             Args::try_parse_from(["x", "--tls-cert-file", "a.crt"]).is_err(),
             "key file required"
         );
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("67108864").unwrap(), 64 << 20);
+        assert_eq!(parse_byte_size("64Mi").unwrap(), 64 << 20);
+        assert_eq!(parse_byte_size("512Ki").unwrap(), 512 << 10);
+        assert_eq!(parse_byte_size("2Gi").unwrap(), 2 << 30);
+        for bad in ["0", "", "Mi", "-1", "1.5Mi", "64MB", "99999999999999Gi"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -250,9 +250,8 @@ async fn metric_values(
         let gr = resource.group_resource();
         if discovery.listed_at.is_none() {
             return ApiError::not_found(format!(
-                "the server could not find the metric {} for {gr}: metric discovery has not completed yet (is Prometheus at {} reachable?)",
+                "the server could not find the metric {} for {gr}: metric discovery has not completed yet (/readyz?verbose says why)",
                 request.metric,
-                state.prometheus.url()
             ));
         }
         let mut detail = format!("no series in Prometheus maps to {} for {gr}", request.metric);
@@ -326,7 +325,7 @@ async fn metric_values(
         let item_namespace = match (&query.namespace_label, namespace) {
             (None, _) => None,
             (Some(_), Some(namespace)) => Some(namespace),
-            (Some(label), None) => sample.labels.get(label).map(String::as_str),
+            (Some(label), None) => sample.labels.get(label),
         };
         if let ObjectName::One(wanted_name) = &request.name
             && wanted_name != name
@@ -334,7 +333,7 @@ async fn metric_values(
             continue;
         }
         if let Some(wanted) = &wanted
-            && !wanted.contains(&(item_namespace, name.as_str()))
+            && !wanted.contains(&(item_namespace, name))
         {
             continue;
         }
@@ -349,7 +348,7 @@ async fn metric_values(
             object: ObjectReference {
                 kind: resource.kind.clone(),
                 namespace: item_namespace.unwrap_or_default().to_owned(),
-                name: name.clone(),
+                name: name.to_owned(),
                 api_version: resource.described_api_version(),
             },
             timestamp: format_timestamp(sample.timestamp),
@@ -480,15 +479,18 @@ async fn select_objects(
     }
 }
 
-/// Maps Prometheus failures to the status a client can act on.
+/// Maps Prometheus failures to the status a client can act on. The message is the error's
+/// summary: Prometheus' URL and words went to the log (the client logs every failed query).
 pub(super) fn prometheus_error(err: prometheus::Error) -> ApiError {
-    tracing::warn!(error = %err, "Prometheus query failed");
+    let message = format!("unable to fetch metrics: {}", err.summary());
     match err {
-        prometheus::Error::Timeout { .. } => ApiError::timeout(format!("unable to fetch metrics: {err}"), 1),
-        prometheus::Error::Unreachable { .. } => {
-            ApiError::service_unavailable(format!("unable to fetch metrics: {err}"))
+        prometheus::Error::Timeout { .. } => ApiError::timeout(message, 1),
+        prometheus::Error::Unreachable { .. } => ApiError::service_unavailable(message),
+        prometheus::Error::Unavailable { retry_after, .. } => {
+            let seconds = u32::try_from(retry_after.as_secs()).unwrap_or(u32::MAX);
+            ApiError::service_unavailable_retry(message, seconds)
         }
-        err => ApiError::internal(format!("unable to fetch metrics: {err}")),
+        _ => ApiError::internal(message),
     }
 }
 

@@ -3,21 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::{
-    extract::{Path, Query, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use serde_json::json;
 
 use super::{
-    ApiError, EXTERNAL_GROUP, GROUPS, GroupDef, RESOURCE_GROUP, json_response, served_groups,
+    ApiError, EXTERNAL_GROUP, GROUPS, GroupDef, Params, PathParts, RESOURCE_GROUP, json_response,
+    served_groups,
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
     wants_pretty,
 };
 use crate::{app::SharedState, app::State as AppState, objects::ResourceInfo, rules::Discovery};
-
-type Params = Query<BTreeMap<String, String>>;
 
 fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
     let group_version = |version: &str| GroupVersion {
@@ -33,7 +28,7 @@ fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
     }
 }
 
-pub(super) async fn group_list(State(state): State<SharedState>, Query(params): Params) -> Response {
+pub(super) async fn group_list(State(state): State<SharedState>, Params(params): Params) -> Response {
     let list = ApiGroupList {
         kind: "APIGroupList",
         api_version: "v1",
@@ -47,8 +42,8 @@ pub(super) async fn group_list(State(state): State<SharedState>, Query(params): 
 
 pub(super) async fn group(
     State(state): State<SharedState>,
-    Path(group): Path<String>,
-    Query(params): Params,
+    PathParts(group): PathParts<String>,
+    Params(params): Params,
 ) -> Response {
     match served_groups(&state).into_iter().find(|def| def.name == group) {
         Some(def) => json_response(StatusCode::OK, &api_group(def, true), wants_pretty(&params)),
@@ -59,8 +54,8 @@ pub(super) async fn group(
 /// One entry per (resource, metric) pair discovered, sorted; `resources: []` before discovery.
 pub(super) async fn resource_list(
     State(state): State<SharedState>,
-    Path((group, version)): Path<(String, String)>,
-    Query(params): Params,
+    PathParts((group, version)): PathParts<(String, String)>,
+    Params(params): Params,
 ) -> Response {
     // A full Arc, not a guard: the forbidden check below awaits.
     let discovery = state.discovery.load_full();
@@ -137,7 +132,7 @@ async fn forbidden_resources(state: &AppState, discovery: &Discovery) -> BTreeSe
         .collect()
 }
 
-pub(super) async fn version(Query(params): Params) -> Response {
+pub(super) async fn version(Params(params): Params) -> Response {
     let info = VersionInfo {
         major: "",
         minor: "",
@@ -164,7 +159,7 @@ fn go_arch() -> &'static str {
 
 /// A valid Swagger 2.0 document naming the served paths; the aggregator merges it into the
 /// cluster's OpenAPI and only logs noise when it is missing.
-pub(super) async fn openapi_v2(Query(params): Params) -> Response {
+pub(super) async fn openapi_v2(Params(params): Params) -> Response {
     let mut paths = serde_json::Map::new();
     for def in GROUPS {
         for version in def.versions {
@@ -196,6 +191,6 @@ pub(super) async fn openapi_v2(Query(params): Params) -> Response {
     json_response(StatusCode::OK, &document, wants_pretty(&params))
 }
 
-pub(super) async fn openapi_v3(Query(params): Params) -> Response {
+pub(super) async fn openapi_v3(Params(params): Params) -> Response {
     json_response(StatusCode::OK, &json!({"paths": {}}), wants_pretty(&params))
 }

@@ -98,8 +98,8 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message.into(), None)
     }
 
-    /// 503 ServiceUnavailable for a transient failure, with `retryAfterSeconds` (and so a
-    /// `Retry-After` header), as the API server answers when a dependency did not respond in time.
+    /// 503 ServiceUnavailable with a retry hint (`details.retryAfterSeconds` and the
+    /// `Retry-After` header), for a backend that said it is overloaded or down for now.
     pub fn service_unavailable_retry(message: impl Into<String>, retry_after_seconds: u32) -> Self {
         let details = StatusDetails {
             retry_after_seconds: Some(retry_after_seconds),
@@ -145,9 +145,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = super::json_response(code, &*self.status, false);
-        // Go's responsewriters set the header from the details, so clients that only read headers
-        // back off too.
-        if let Some(seconds) = self.status.details.as_ref().and_then(|d| d.retry_after_seconds) {
+        // As the Go API server writes it: a Status with a retry period also sets Retry-After.
+        if let Some(seconds) = self
+            .status
+            .details
+            .as_ref()
+            .and_then(|d| d.retry_after_seconds)
+            .filter(|s| *s > 0)
+        {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
@@ -177,5 +182,19 @@ mod tests {
         );
         let body = serde_json::to_string(&ApiError::unknown_route().status).unwrap();
         assert!(body.contains(r#""details":{},"code":404"#), "{body}");
+        let unavailable = ApiError::service_unavailable_retry("Prometheus is unavailable", 5);
+        assert_eq!(
+            serde_json::to_string(&unavailable.status).unwrap(),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Prometheus is unavailable","reason":"ServiceUnavailable","details":{"retryAfterSeconds":5},"code":503}"#
+        );
+        let response = unavailable.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "5");
+        assert!(
+            ApiError::not_found("x")
+                .into_response()
+                .headers()
+                .get(RETRY_AFTER)
+                .is_none()
+        );
     }
 }

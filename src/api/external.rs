@@ -97,7 +97,7 @@ async fn values(
         match quantity::from_f64(sample.value) {
             Ok(value) => items.push(ExternalMetricValue {
                 metric_name: metric.to_owned(),
-                metric_labels: sample.labels,
+                metric_labels: sample.labels.to_map(),
                 timestamp: super::custom::format_timestamp(sample.timestamp),
                 window: None,
                 value,

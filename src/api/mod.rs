@@ -13,8 +13,8 @@ use std::{collections::BTreeMap, time::Instant};
 use axum::{
     Router,
     body::Body,
-    extract::{Query, Request, State},
-    http::{HeaderValue, StatusCode, header::CONTENT_TYPE},
+    extract::{FromRequestParts, Path, Query, Request, State},
+    http::{HeaderValue, StatusCode, header::CONTENT_TYPE, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -77,11 +77,44 @@ pub fn served_groups(state: &crate::app::State) -> Vec<&'static GroupDef> {
     groups
 }
 
+/// Query parameters; a query string that does not decode is a 400 Status, like every error.
+pub(super) struct Params(pub BTreeMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<BTreeMap<String, String>>::from_request_parts(parts, state).await {
+            Ok(Query(params)) => Ok(Params(params)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "invalid query string: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// Path segments; a path that does not decode (percent-encoded bytes that are not UTF-8) is a
+/// 400 Status rather than axum's plain-text rejection.
+pub(super) struct PathParts<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathParts<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParts(value)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "invalid request path: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
 /// `/apis/<group>/<version>/...`: a custom or an external metric.
 async fn metric(
     State(state): State<SharedState>,
-    axum::extract::Path((group, version, path)): axum::extract::Path<(String, String, String)>,
-    Query(params): Query<BTreeMap<String, String>>,
+    PathParts((group, version, path)): PathParts<(String, String, String)>,
+    Params(params): Params,
 ) -> Response {
     let served = served_groups(&state).iter().any(|g| g.name == group);
     if served && group == external::GROUP {
@@ -185,7 +218,7 @@ async fn health() -> &'static str {
 /// `/readyz` as the API server writes it: `ok`, or with `?verbose` (and whenever a check fails)
 /// one `[+]name ok` / `[-]name failed: reason` line per check. A degraded check stays `[+]` and
 /// says what is wrong after `ok`.
-async fn ready(State(state): State<SharedState>, Query(params): Query<BTreeMap<String, String>>) -> Response {
+async fn ready(State(state): State<SharedState>, Params(params): Params) -> Response {
     let checks = state.readiness();
     let ready = checks.iter().all(|(_, r)| !matches!(r, Readiness::NotReady(_)));
     if ready && !params.contains_key("verbose") {

@@ -270,10 +270,10 @@ async fn nodes(
         ),
     );
     let cpu = by_key(&cpu?, |s| {
-        s.labels.get(&cpu_label).map(|n| (n.clone(), String::new()))
+        s.labels.get(&cpu_label).map(|n| (n.to_owned(), String::new()))
     });
     let memory = by_key(&memory?, |s| {
-        s.labels.get(&memory_label).map(|n| (n.clone(), String::new()))
+        s.labels.get(&memory_label).map(|n| (n.to_owned(), String::new()))
     });
     let window = go_duration(rules.window);
     let mut items: Vec<NodeMetrics> = cpu
@@ -372,7 +372,7 @@ async fn pods(
     );
     let (cpu, memory) = (cpu?, memory?);
     let pod_key =
-        |s: &Sample, ns: &str, pod: &str| Some((s.labels.get(ns)?.clone(), s.labels.get(pod)?.clone()));
+        |s: &Sample, ns: &str, pod: &str| Some((s.labels.get(ns)?.to_owned(), s.labels.get(pod)?.to_owned()));
     // Per pod: container → (cpu, memory), and the earliest sample time.
     let mut per_pod: BTreeMap<(String, String), (Containers, f64)> = BTreeMap::new();
     for (samples, ns_label, pod_label, container_label, is_cpu) in [
@@ -389,7 +389,7 @@ async fn pods(
             let Some(key) = pod_key(sample, ns_label, pod_label) else {
                 continue;
             };
-            let container = sample.labels.get(container_label).cloned().unwrap_or_default();
+            let container = sample.labels.get(container_label).unwrap_or_default().to_owned();
             let value = if sample.value.is_nan() || sample.value < 0.0 {
                 0.0
             } else {

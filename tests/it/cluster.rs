@@ -18,14 +18,14 @@ use crate::{
 const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
 const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests";
 
-/// A CA that issues client certificates.
-struct Ca {
-    pem: String,
+/// A CA that issues client (and serving) certificates.
+pub(crate) struct Ca {
+    pub(crate) pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -37,8 +37,17 @@ impl Ca {
         }
     }
 
+    /// A serving certificate for `names` and its key (PEM each).
+    pub(crate) fn server(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = CertificateParams::new(names).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A client certificate and key (PEM, concatenated as reqwest's Identity wants them).
-    fn client(&self, common_name: &str, organizations: &[&str]) -> Vec<u8> {
+    pub(crate) fn client(&self, common_name: &str, organizations: &[&str]) -> Vec<u8> {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, common_name);
         for organization in organizations {

@@ -191,6 +191,11 @@ async fn prometheus_unreachable_is_503_and_timeout_is_504() {
     .await;
     let body = expect_error(&adapter, &wildcard, 503, "ServiceUnavailable", &["unreachable"]).await;
     assert_golden("error_prometheus_unreachable", &body);
+    // Where Prometheus is, and what the connection library said, is for the log only.
+    assert!(
+        !body.contains(&closed.to_string()) && !body.contains("/api/v1"),
+        "{body}"
+    );
 
     // A server that accepts and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,4 +260,16 @@ async fn unknown_routes_and_methods() {
     assert_eq!(response.status().as_u16(), 405);
     let status: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(status["reason"], "MethodNotAllowed");
+}
+
+#[tokio::test]
+async fn malformed_paths_and_queries_are_statuses() {
+    let adapter = start_adapter(AdapterOptions::default()).await;
+    // Percent-encodings that are not UTF-8, in the path and in the query.
+    for path in [
+        format!("{P}/namespaces/%FF/pods/*/http_requests"),
+        format!("{P}/namespaces/default/pods/*/http_requests?labelSelector=%FF"),
+    ] {
+        expect_error(&adapter, &path, 400, "BadRequest", &[]).await;
+    }
 }

@@ -10,6 +10,7 @@ mod dropin;
 mod errors;
 mod external;
 mod fake_kube;
+mod hostile;
 mod manifests;
 mod resource;
 mod serving;

@@ -316,6 +316,8 @@ pub struct AdapterOptions {
     pub timeout: Option<Duration>,
     /// Rules other than the built-in defaults.
     pub rules: Option<RuleSet>,
+    /// The whole query client's configuration (URL, credentials, limits); wins over `query_url`.
+    pub query_client: Option<ClientConfig>,
 }
 
 /// An adapter served over TLS on 127.0.0.1:0 in this test's runtime.
@@ -384,9 +386,13 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
         .await
         .expect("relist against the real Prometheus");
     let query_url = options.query_url.as_deref().unwrap_or(&env.prometheus_url);
+    let query_client = options
+        .query_client
+        .clone()
+        .unwrap_or_else(|| client_config(query_url, timeout));
     let state = State::new(
         rules,
-        Client::new(&client_config(query_url, timeout)).expect("client"),
+        Client::new(&query_client).expect("client"),
         objects,
         Duration::from_secs(60),
     );
