@@ -68,3 +68,8 @@ pub fn rules_file(text: &str) {
         let _ = rules::lint(&set);
     }
 }
+
+/// A Prometheus answer body, as the client decodes it while it streams.
+pub fn prometheus_answer(body: &[u8]) {
+    crate::prometheus::fuzz_decode(body);
+}
