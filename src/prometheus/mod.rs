@@ -487,6 +487,49 @@ fn format_time(time: SystemTime) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
+/// For the fuzz target `prometheus_answer`: decodes `body` with the same decoders the client
+/// streams answers through, as an instant query's answer and as a series listing, and checks the
+/// compact labels of every sample against an independent decode (serde_json's `Value`).
+#[doc(hidden)]
+pub fn fuzz_decode(body: &[u8]) {
+    let _ = serde_json::from_slice::<decode::Envelope<SeriesList>>(body);
+    let Ok(envelope) = serde_json::from_slice::<Envelope<decode::QueryData>>(body) else {
+        return;
+    };
+    let Some(decode::QueryData::Vector(samples)) = envelope.data else {
+        return;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let Some(results) = value["data"]["result"].as_array() else {
+        return;
+    };
+    assert_eq!(results.len(), samples.len(), "sample count");
+    for (sample, result) in samples.iter().zip(results) {
+        let Some(metric) = result["metric"].as_object() else {
+            continue;
+        };
+        let expected: Vec<(&str, Option<&str>)> = metric
+            .iter()
+            .filter(|(name, _)| *name != "__name__")
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let decoded = sample
+            .labels
+            .iter()
+            .filter(|(name, _)| *name != "__name__")
+            .count();
+        // A JSON object with a repeated key keeps its last value in `Value`; the label set may keep both.
+        if decoded != expected.len() {
+            continue;
+        }
+        for (name, value) in expected {
+            assert_eq!(sample.labels.get(name), value, "label {name:?}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,48 +615,5 @@ mod tests {
         assert_eq!(bytes(1536), "1536 bytes");
         assert_eq!(bytes(2048), "2 KiB");
         assert_eq!(bytes(1000), "1000 bytes");
-    }
-}
-
-/// For the fuzz target `prometheus_answer`: decodes `body` with the same decoders the client
-/// streams answers through, as an instant query's answer and as a series listing, and checks the
-/// compact labels of every sample against an independent decode (serde_json's `Value`).
-#[doc(hidden)]
-pub fn fuzz_decode(body: &[u8]) {
-    let _ = serde_json::from_slice::<decode::Envelope<SeriesList>>(body);
-    let Ok(envelope) = serde_json::from_slice::<Envelope<decode::QueryData>>(body) else {
-        return;
-    };
-    let Some(decode::QueryData::Vector(samples)) = envelope.data else {
-        return;
-    };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return;
-    };
-    let Some(results) = value["data"]["result"].as_array() else {
-        return;
-    };
-    assert_eq!(results.len(), samples.len(), "sample count");
-    for (sample, result) in samples.iter().zip(results) {
-        let Some(metric) = result["metric"].as_object() else {
-            continue;
-        };
-        let expected: Vec<(&str, Option<&str>)> = metric
-            .iter()
-            .filter(|(name, _)| *name != "__name__")
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        let decoded = sample
-            .labels
-            .iter()
-            .filter(|(name, _)| *name != "__name__")
-            .count();
-        // A JSON object with a repeated key keeps its last value in `Value`; the label set may keep both.
-        if decoded != expected.len() {
-            continue;
-        }
-        for (name, value) in expected {
-            assert_eq!(sample.labels.get(name), value, "label {name:?}");
-        }
     }
 }
