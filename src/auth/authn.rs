@@ -141,26 +141,49 @@ impl Authenticator {
         let config = self.config.load_full();
         let proxied = take_request_headers(headers, &config);
 
+        // As k8s.io/apiserver's union of authenticators: the first that recognises the request wins;
+        // a certificate that neither CA accepts (unknown CA, expired, not for client auth, a front
+        // proxy CN not allowed) is an error, and an error with no success is a 401, never anonymous.
+        let mut rejected = None;
         if let Some(leaf) = peer_certificates.first() {
             let intermediates = &peer_certificates[1..];
-            if verifies(leaf, intermediates, &config.requestheader_ca) {
-                let common_name = subject(leaf).0.unwrap_or_default();
-                if !config.allowed_names.is_empty() && !config.allowed_names.contains(&common_name) {
-                    tracing::debug!(cn = %common_name, "Front-proxy certificate CN is not allowed; ignoring its headers");
-                } else if let Some(user) = proxied {
-                    return Ok(user.authenticated());
+            if !config.requestheader_ca.is_empty() {
+                match verifies(leaf, intermediates, &config.requestheader_ca) {
+                    true => {
+                        let common_name = subject(leaf).0.unwrap_or_default();
+                        if !config.allowed_names.is_empty() && !config.allowed_names.contains(&common_name) {
+                            rejected = Some(format!(
+                                "front-proxy certificate CN {common_name:?} is not allowed"
+                            ));
+                        } else if let Some(user) = proxied {
+                            return Ok(user.authenticated());
+                        }
+                    }
+                    false => {
+                        rejected =
+                            Some("the certificate does not verify against the request-header CA".into())
+                    }
                 }
             }
-            if verifies(leaf, intermediates, &config.client_ca) {
-                let (common_name, organizations) = subject(leaf);
-                if let Some(name) = common_name {
-                    let user = UserInfo {
-                        name,
-                        uid: String::new(),
-                        groups: organizations,
-                        extra: BTreeMap::new(),
-                    };
-                    return Ok(user.authenticated());
+            if !config.client_ca.is_empty() {
+                match verifies(leaf, intermediates, &config.client_ca) {
+                    true => {
+                        let (common_name, organizations) = subject(leaf);
+                        if let Some(name) = common_name {
+                            let user = UserInfo {
+                                name,
+                                uid: String::new(),
+                                groups: organizations,
+                                extra: BTreeMap::new(),
+                            };
+                            return Ok(user.authenticated());
+                        }
+                    }
+                    false => {
+                        rejected = rejected.or(Some(
+                            "the certificate does not verify against the client CA".into(),
+                        ))
+                    }
                 }
             }
         }
@@ -174,6 +197,10 @@ impl Authenticator {
                     .ok_or(Error::Unauthorized),
                 None => Err(Error::Unauthorized),
             };
+        }
+        if let Some(reason) = rejected {
+            tracing::debug!(%reason, "Client certificate rejected");
+            return Err(Error::Unauthorized);
         }
         Ok(UserInfo::anonymous())
     }

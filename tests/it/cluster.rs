@@ -48,6 +48,16 @@ impl Ca {
 
     /// A client certificate and key (PEM, concatenated as reqwest's Identity wants them).
     pub(crate) fn client(&self, common_name: &str, organizations: &[&str]) -> Vec<u8> {
+        self.client_with(common_name, organizations, |_| {})
+    }
+
+    /// [`Ca::client`] with `adjust` applied to the certificate's parameters first.
+    pub(crate) fn client_with(
+        &self,
+        common_name: &str,
+        organizations: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Vec<u8> {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, common_name);
         for organization in organizations {
@@ -56,6 +66,7 @@ impl Ca {
                 .push(DnType::OrganizationName, *organization);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        adjust(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         format!("{}{}", cert.pem(), key.serialize_pem()).into_bytes()
@@ -376,11 +387,11 @@ async fn users_without_permission_and_forged_headers_are_forbidden() {
     let (status, body) = cluster.get(&alice, PODS, &forged).await;
     assert_eq!(status, 403, "{body}");
     assert!(message(&body).contains(r#"User "alice""#), "{body}");
-    // A certificate from the right CA with a CN not in requestheader-allowed-names: headers ignored.
+    // A certificate from the right CA with a CN not in requestheader-allowed-names: headers ignored,
+    // and, as the API server's authenticators do, a certificate no authenticator accepts is a 401.
     let impostor = Cluster::client(Some(&cluster.front_proxy_ca.client("not-the-aggregator", &[])));
     let (status, body) = cluster.get(&impostor, PODS, &forged).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(message(&body).contains("system:anonymous"), "{body}");
+    assert_eq!(status, 401, "{body}");
 
     // Discovery is a non-resource path; anonymous gets the API server's wording.
     let (status, body) = cluster
@@ -436,7 +447,8 @@ async fn a_front_proxy_ca_rotation_applies_without_a_restart() {
     let new_proxy = Cluster::client(Some(&rotated.client("front-proxy-client", &[])));
     let hpa = [("X-Remote-User", HPA_USER)];
     let (status, _) = cluster.get(&new_proxy, PODS, &hpa).await;
-    assert_eq!(status, 403, "the new CA is not trusted yet");
+    // A certificate no CA accepts is a 401, as from the API server.
+    assert_eq!(status, 401, "the new CA is not trusted yet");
     cluster.auth_configmap(&rotated);
     let rotated_ok = eventually(Duration::from_secs(5), async || {
         cluster.get(&new_proxy, PODS, &hpa).await.0 == 200
@@ -444,7 +456,7 @@ async fn a_front_proxy_ca_rotation_applies_without_a_restart() {
     .await;
     assert!(rotated_ok, "the rotated CA was not picked up within 5 s");
     let (status, _) = cluster.as_hpa(PODS).await;
-    assert_eq!(status, 403, "the old front-proxy CA is no longer trusted");
+    assert_eq!(status, 401, "the old front-proxy CA is no longer trusted");
 }
 
 #[tokio::test]
@@ -990,4 +1002,40 @@ async fn reviews_that_hang_or_fail_are_answered_in_bounded_time_without_internal
     cluster.fake.set_review_fault(Review::Token, None);
     let (status, _, body) = send(bearer("token-of-bob")).await;
     assert_eq!(status, 200, "a failed TokenReview is not cached: {body}");
+}
+
+#[tokio::test]
+async fn client_certificates_no_authenticator_accepts_are_unauthorized_not_anonymous() {
+    let cluster = start_cluster().await;
+    let unknown_ca = Ca::new("somebody-elses-ca");
+    let yesterday = rcgen::date_time_ymd(2020, 1, 1);
+    let cases = [
+        ("unknown CA", unknown_ca.client("alice", &["devs"])),
+        (
+            "expired",
+            cluster.client_ca.client_with("alice", &["devs"], |p| {
+                p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+                p.not_after = yesterday;
+            }),
+        ),
+        (
+            "server-auth only",
+            cluster.client_ca.client_with("alice", &["devs"], |p| {
+                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+            }),
+        ),
+    ];
+    for (case, identity) in cases {
+        let client = Cluster::client(Some(&identity));
+        let (status, body) = cluster.get(&client, PODS, &[]).await;
+        assert_eq!(status, 401, "{case}: {body}");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (status["kind"].as_str(), status["reason"].as_str()),
+            (Some("Status"), Some("Unauthorized")),
+            "{case}"
+        );
+    }
+    // Without a certificate the same request is anonymous, and so forbidden, not unauthorized.
+    assert_eq!(cluster.get(&Cluster::client(None), PODS, &[]).await.0, 403);
 }
