@@ -1064,17 +1064,11 @@ fn access_review(inner: &Inner, body: &[u8]) -> Response {
         .chain(spec.groups.iter().flatten())
         .map(String::as_str)
         .collect();
-    let request = match (&spec.resource_attributes, &spec.non_resource_attributes) {
-        (Some(ra), _) => Access::resource(
-            ra.verb.as_deref(),
-            ra.group.as_deref(),
-            ra.resource.as_deref(),
-            ra.namespace.as_deref(),
-        ),
-        (None, Some(na)) => Access::path(na.verb.as_deref(), na.path.as_deref()),
-        (None, None) => {
-            return bad_request("resourceAttributes or nonResourceAttributes required".into());
-        }
+    let Some(request) = Access::requested(
+        spec.resource_attributes.as_ref(),
+        spec.non_resource_attributes.as_ref(),
+    ) else {
+        return bad_request("resourceAttributes or nonResourceAttributes required".into());
     };
     review.status = Some(inner.decide(&subjects, &request));
     respond(StatusCode::CREATED, &review)
@@ -1090,17 +1084,11 @@ fn self_access_review(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Respon
         return unauthorized();
     };
     let spec = &review.spec;
-    let request = match (&spec.resource_attributes, &spec.non_resource_attributes) {
-        (Some(ra), _) => Access::resource(
-            ra.verb.as_deref(),
-            ra.group.as_deref(),
-            ra.resource.as_deref(),
-            ra.namespace.as_deref(),
-        ),
-        (None, Some(na)) => Access::path(na.verb.as_deref(), na.path.as_deref()),
-        (None, None) => {
-            return bad_request("resourceAttributes or nonResourceAttributes required".into());
-        }
+    let Some(request) = Access::requested(
+        spec.resource_attributes.as_ref(),
+        spec.non_resource_attributes.as_ref(),
+    ) else {
+        return bad_request("resourceAttributes or nonResourceAttributes required".into());
     };
     let subjects: Vec<&str> = std::iter::once(user.as_str())
         .chain(groups.iter().map(String::as_str))
@@ -1130,6 +1118,23 @@ struct Access {
 }
 
 impl Access {
+    /// What a (Self)SubjectAccessReview asks about; None when it names neither kind.
+    fn requested(
+        resource: Option<&k8s_openapi::api::authorization::v1::ResourceAttributes>,
+        non_resource: Option<&k8s_openapi::api::authorization::v1::NonResourceAttributes>,
+    ) -> Option<Self> {
+        match (resource, non_resource) {
+            (Some(ra), _) => Some(Access::resource(
+                ra.verb.as_deref(),
+                ra.group.as_deref(),
+                ra.resource.as_deref(),
+                ra.namespace.as_deref(),
+            )),
+            (None, Some(na)) => Some(Access::path(na.verb.as_deref(), na.path.as_deref())),
+            (None, None) => None,
+        }
+    }
+
     fn resource(
         verb: Option<&str>,
         group: Option<&str>,
