@@ -273,3 +273,113 @@ async fn malformed_paths_and_queries_are_statuses() {
         expect_error(&adapter, &path, 400, "BadRequest", &[]).await;
     }
 }
+
+/// Paths and queries a fuzzer would send, from a fixed seed: segments of every route shape mixed
+/// with escapes good and bad, non-ASCII, dots, empty segments, selectors with stray operators.
+fn fuzzed_paths(count: usize) -> Vec<String> {
+    const PIECES: &[&str] = &[
+        "apis",
+        "custom.metrics.k8s.io",
+        "custom-metrics.metrics.k8s.io",
+        "external.metrics.k8s.io",
+        "metrics.k8s.io",
+        "v1beta1",
+        "v1beta2",
+        "namespaces",
+        "default",
+        "pods",
+        "*",
+        "%2A",
+        "services",
+        "sample-metrics-app",
+        "http_requests",
+        "metrics",
+        "nodes",
+        "deployments.apps",
+        "%zz",
+        "%FF",
+        "%",
+        "%2F",
+        "%00",
+        "..",
+        ".",
+        "",
+        "é",
+        "%C3%A9",
+        "a b",
+        "\u{1F600}",
+        "{x}",
+        "%252A",
+        "pods.",
+        "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    ];
+    const QUERIES: &[&str] = &[
+        "",
+        "?labelSelector=app%3Dx",
+        "?labelSelector=%FF",
+        "?labelSelector=a+in+(",
+        "?labelSelector=!!",
+        "?metricLabelSelector=code%3D%22%7D",
+        "?metricLabelSelector=a%3E1",
+        "?fieldSelector=metadata.name%3Dx",
+        "?fieldSelector=spec.x%3D1",
+        "?pretty=true",
+        "?labelSelector=a&labelSelector=b",
+        "?%zz=1",
+        "?=",
+        "?labelSelector=",
+        "?labelSelector=a%20notin%20()",
+    ];
+    let mut state: u64 = 0x5eed;
+    let mut next = move |bound: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % bound
+    };
+    (0..count)
+        .map(|_| {
+            let mut path = String::new();
+            for _ in 0..1 + next(9) {
+                path.push('/');
+                path.push_str(PIECES[next(PIECES.len())]);
+            }
+            path.push_str(QUERIES[next(QUERIES.len())]);
+            path
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_error_answer_to_fuzzed_paths_is_a_status() {
+    let adapter = start_adapter(AdapterOptions::default()).await;
+    let client = https();
+    let mut checked = 0;
+    for path in fuzzed_paths(1500) {
+        let Ok(url) = reqwest::Url::parse(&adapter.url(&path)) else {
+            continue;
+        };
+        let response = client.get(url).send().await.unwrap();
+        let code = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.text().await.unwrap();
+        if code < 400 {
+            continue;
+        }
+        checked += 1;
+        assert_eq!(content_type, "application/json", "{path}: {code} {body}");
+        let status: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: {code} {body}"));
+        assert_eq!(status["kind"], "Status", "{path}: {body}");
+        assert_eq!(status["code"], code, "{path}: {body}");
+        assert!(
+            !body.contains("127.0.0.1") && !body.contains("http://"),
+            "{path}: an internal address in {body}"
+        );
+    }
+    assert!(checked > 500, "only {checked} error answers checked");
+}
