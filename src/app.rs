@@ -357,6 +357,7 @@ fn incluster(args: &Args, name: &str) -> Option<std::path::PathBuf> {
 
 /// Runs the adapter described by `args` until `shutdown` resolves.
 pub async fn run(args: Args, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    server::raise_fd_limit();
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = TcpListener::bind(addr)
         .await
@@ -422,7 +423,8 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     let router = crate::api::router(state, auth);
-    let result = server::serve(listener, tls, router, async move {
+    let options = server_options(&args);
+    let result = server::serve(listener, tls, router, options, async move {
         shutdown.await;
         tracing::info!("Shutting down; letting in-flight requests finish");
     })
@@ -430,6 +432,25 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = tokio::join!(relist, reload, config_reload);
     result.map_err(Into::into)
+}
+
+/// The server's limits set by flags. Its timers keep kube-apiserver's values (it has no flags for
+/// them), except that a request may always take three times `--prometheus-timeout`: it waits for
+/// one round of Prometheus calls (run concurrently), with room to spare.
+fn server_options(args: &Args) -> server::Options {
+    let defaults = server::Options::default();
+    server::Options {
+        max_connections: args.max_connections,
+        max_requests_inflight: args.max_requests_inflight,
+        http2_max_concurrent_streams: match args.http2_max_streams_per_connection {
+            0 => defaults.http2_max_concurrent_streams,
+            streams => streams,
+        },
+        request_timeout: defaults
+            .request_timeout
+            .max(args.prometheus_timeout.saturating_mul(3)),
+        ..defaults
+    }
 }
 
 /// Readiness of the cluster's object source: API discovery has succeeded once (groups it had to
@@ -586,4 +607,39 @@ fn merge_authn(from_cluster: AuthnConfig, flags: &AuthnConfig) -> AuthnConfig {
         merged.client_ca = flags.client_ca.clone();
     }
     merged.with_default_headers()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_limits_are_flags_not_ignored() {
+        let argv = [
+            "adapter",
+            "--max-requests-inflight=1",
+            "--http2-max-streams-per-connection",
+            "7",
+            "--max-connections=3",
+            "--prometheus-timeout=30s",
+        ];
+        let (kept, ignored) = crate::config::split_ignored_flags(argv.iter().map(std::ffi::OsString::from));
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let options = server_options(&<Args as clap::Parser>::try_parse_from(kept).unwrap());
+        assert_eq!(options.max_requests_inflight, 1);
+        assert_eq!(options.http2_max_concurrent_streams, 7);
+        assert_eq!(options.max_connections, 3);
+        assert_eq!(
+            options.request_timeout,
+            Duration::from_secs(90),
+            "three Prometheus timeouts"
+        );
+        let defaults = server_options(&<Args as clap::Parser>::try_parse_from(["adapter"]).unwrap());
+        assert_eq!(defaults.max_requests_inflight, 400, "kube-apiserver's default");
+        assert_eq!(
+            defaults.http2_max_concurrent_streams, 100,
+            "kube-apiserver's default"
+        );
+        assert_eq!(defaults.request_timeout, Duration::from_secs(60));
+    }
 }

@@ -11,7 +11,11 @@ pub fn init(format: LogFormat, verbosity: u8) {
         5..=7 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // rustls warns once per connection about what clients send (an IP address as TLS server
+    // name, which Go's and OpenSSL's clients do), so quiet it; the server logs failed handshakes
+    // itself, at debug as kube-apiserver does.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},rustls=error")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)

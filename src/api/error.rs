@@ -94,6 +94,15 @@ impl ApiError {
         )
     }
 
+    /// 429 TooManyRequests with a retry hint, as `apierrors.NewTooManyRequests` builds it.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u32) -> Self {
+        let details = StatusDetails {
+            retry_after_seconds: Some(retry_after_seconds),
+            ..Default::default()
+        };
+        Self::new(429, "TooManyRequests", message.into(), Some(details))
+    }
+
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message.into(), None)
     }

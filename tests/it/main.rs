@@ -4,6 +4,7 @@
 mod clients;
 mod cluster;
 mod config;
+mod connections;
 mod degraded;
 mod discovery;
 mod dropin;

@@ -318,6 +318,8 @@ pub struct AdapterOptions {
     pub rules: Option<RuleSet>,
     /// The whole query client's configuration (URL, credentials, limits); wins over `query_url`.
     pub query_client: Option<ClientConfig>,
+    /// Server limits and timers other than the defaults.
+    pub server: Option<server::Options>,
 }
 
 /// An adapter served over TLS on 127.0.0.1:0 in this test's runtime.
@@ -414,7 +416,8 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
     let addr = listener.local_addr().expect("adapter addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = custom_metrics_adapter::api::router(state.clone(), None);
-    let task = tokio::spawn(server::serve(listener, tls, router, async move {
+    let server_options = options.server.clone().unwrap_or_default();
+    let task = tokio::spawn(server::serve(listener, tls, router, server_options, async move {
         let _ = stopped.await;
     }));
     Adapter {
