@@ -8,7 +8,8 @@ and prints RSS before, with all N open, and after the client closed them all.
 
     hack/conn-rss.py target/release/custom-metrics-adapter --connections 5000 [--h2] [--flag=--max-connections=0]
 
-Bounded: at most --connections connections, 200 handshakes at a time, and a 120 s deadline.
+Bounded: at most --connections connections, 200 handshakes at a time, and --deadline (60 s) to open them;
+those still waiting then (past --max-connections, in the listen backlog) are counted and dropped.
 """
 
 import argparse
@@ -30,6 +31,14 @@ def rss_mib(pid):
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -67,14 +76,18 @@ async def measure(args, pid, port):
     await asyncio.sleep(2)
     before = rss_mib(pid)
     started = time.monotonic()
-    writers = await asyncio.wait_for(
-        asyncio.gather(*(open_idle(port, context, args, gate) for _ in range(args.connections))),
-        timeout=120,
-    )
-    opened = [w for w in writers if w is not None]
+    # Past --max-connections the rest wait in the listen backlog: measure what was open by the
+    # deadline, and count the others as still waiting.
+    tasks = [asyncio.ensure_future(open_idle(port, context, args, gate)) for _ in range(args.connections)]
+    done, pending = await asyncio.wait(tasks, timeout=args.deadline)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    opened = [t.result() for t in done if not t.cancelled() and t.exception() is None and t.result() is not None]
     elapsed = time.monotonic() - started
     await asyncio.sleep(1)
     during = rss_mib(pid)
+    peak = peak_mib(pid)
     for writer in opened:
         writer.transport.abort()
     await asyncio.sleep(args.settle)
@@ -82,7 +95,7 @@ async def measure(args, pid, port):
     per = (during - before) * 1024 / max(len(opened), 1)
     print(
         f"protocol={'h2' if args.h2 else 'http/1.1'} head_bytes={args.head_bytes} opened={len(opened)}/{args.connections} in {elapsed:.1f}s "
-        f"rss_before={before:.1f}MiB rss_open={during:.1f}MiB rss_after_close={after:.1f}MiB "
+        f"waiting={len(pending)} rss_before={before:.1f}MiB rss_open={during:.1f}MiB peak={peak:.1f}MiB rss_after_close={after:.1f}MiB "
         f"per_connection={per:.1f}KiB"
     )
 
@@ -94,6 +107,7 @@ def main():
     parser.add_argument("--h2", action="store_true")
     parser.add_argument("--head-bytes", type=int, default=0, help="HTTP/1.1: send this much of an unfinished request head")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds to wait after closing")
+    parser.add_argument("--deadline", type=float, default=60.0, help="seconds to keep opening connections")
     parser.add_argument("--flag", action="append", default=[], help="extra adapter flag (repeatable)")
     args = parser.parse_args()
     args.connections = min(args.connections, 12000)
