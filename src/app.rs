@@ -449,6 +449,7 @@ fn server_options(args: &Args) -> server::Options {
         request_timeout: defaults
             .request_timeout
             .max(args.prometheus_timeout.saturating_mul(3)),
+        rejection: crate::api::ApiError::too_many_requests_response,
         ..defaults
     }
 }

@@ -103,6 +103,12 @@ impl ApiError {
         Self::new(429, "TooManyRequests", message.into(), Some(details))
     }
 
+    /// What a request past `--max-requests-inflight` gets, as a response body for the server.
+    pub fn too_many_requests_response(retry_after_seconds: u32) -> axum::response::Response {
+        Self::too_many_requests("Too many requests, please try again later.", retry_after_seconds)
+            .into_response()
+    }
+
     pub fn service_unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message.into(), None)
     }

@@ -158,13 +158,14 @@ fn serve_request(
     let admission = shared.inflight.admit(request.uri().path());
     request.extensions_mut().insert(info.clone());
     let router = shared.router.clone();
+    let rejection = shared.options.rejection;
     async move {
         let (response, permit) = match admission {
             Admission::Admitted(permit) => {
                 let response = router.oneshot(request).await;
                 (response.unwrap_or_else(|never| match never {}), permit)
             }
-            Admission::Rejected => (inflight::too_many_requests(), None),
+            Admission::Rejected => (inflight::too_many_requests(rejection), None),
         };
         Ok(response.map(|body| Tracked {
             body,

@@ -12,7 +12,6 @@ use axum::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Throttled;
-use crate::api::ApiError;
 
 /// What a rejected client is told to wait, in seconds (kube-apiserver's value).
 const RETRY_AFTER_SECONDS: u32 = 1;
@@ -76,15 +75,20 @@ fn is_probe(path: &str) -> bool {
     })
 }
 
-/// 429 with `Retry-After` and a Status body, as kube-apiserver answers past its limit.
-pub(super) fn too_many_requests() -> Response<Body> {
-    let mut response =
-        ApiError::too_many_requests("Too many requests, please try again later.", RETRY_AFTER_SECONDS)
-            .into_response();
+/// What a request past the limit gets: 429 and `Retry-After`, the body from `body` (the API layer
+/// supplies a Kubernetes `Status`; the server itself knows no wire types).
+pub(super) fn too_many_requests(body: super::RejectionBody) -> Response<Body> {
+    let mut response = body(RETRY_AFTER_SECONDS);
+    *response.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
     response
+}
+
+/// The body kube-apiserver's own limiter writes, for a server given no other.
+pub(super) fn plain_rejection(_retry_after_seconds: u32) -> Response<Body> {
+    "Too many requests, please try again later.\n".into_response()
 }
 
 #[cfg(test)]
@@ -112,7 +116,7 @@ mod tests {
             matches!(Inflight::new(0).admit("/apis"), Admission::Admitted(None)),
             "0 means no bound"
         );
-        let rejected = too_many_requests();
+        let rejected = too_many_requests(plain_rejection);
         assert_eq!(rejected.status(), 429);
         assert_eq!(rejected.headers()[RETRY_AFTER], "1");
     }

@@ -71,7 +71,13 @@ pub struct Options {
     /// connection is closed as dead.
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
+    /// The response to a request past `max_requests_inflight`, given the seconds to wait; the
+    /// server adds the 429 status and `Retry-After`.
+    pub rejection: RejectionBody,
 }
+
+/// Builds the response a rejected request gets, from the seconds it is told to wait.
+pub type RejectionBody = fn(u32) -> axum::response::Response;
 
 /// How long a request may take, unless Prometheus calls may take longer (`app` decides).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -96,6 +102,7 @@ impl Default for Options {
             max_header_bytes: 32 * 1024,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(20),
+            rejection: inflight::plain_rejection,
         }
     }
 }

@@ -416,7 +416,10 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
     let addr = listener.local_addr().expect("adapter addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = custom_metrics_adapter::api::router(state.clone(), None);
-    let server_options = options.server.clone().unwrap_or_default();
+    let server_options = server::Options {
+        rejection: custom_metrics_adapter::api::ApiError::too_many_requests_response,
+        ..options.server.clone().unwrap_or_default()
+    };
     let task = tokio::spawn(server::serve(listener, tls, router, server_options, async move {
         let _ = stopped.await;
     }));
