@@ -112,16 +112,19 @@ impl KubeObjects {
     /// Starts watching pods, services and namespaces (core resources need no discovery) and keeps
     /// `resources` in step with API discovery in the background, refreshed every
     /// `discovery_interval`. Nothing here waits for the API server: readiness is
-    /// [`KubeObjects::synced`] and [`KubeObjects::discovery_health`].
+    /// [`KubeObjects::unsynced`] and [`KubeObjects::discovery_health`]. SelfSubjectAccessReviews
+    /// share the discovery client: they are few (one per resource per recheck), and queued behind
+    /// the watches' `--client-qps` the first answer for a forbidden resource took seconds.
     pub fn start(
         client: Client,
         discovery_client: Client,
         resources: Arc<SharedResources>,
         discovery_interval: Duration,
     ) -> Arc<Self> {
+        let reviews = AccessReviews::new(discovery_client.clone());
         let discovery = ApiDiscovery::new(discovery_client, resources.clone());
         let objects = Arc::new(Self {
-            reviews: AccessReviews::new(client.clone()),
+            reviews,
             recheck_ms: Arc::new(AtomicU64::new(millis(ACCESS_RECHECK))),
             client,
             discovery: discovery.clone(),
