@@ -347,11 +347,7 @@ async fn an_ip_address_as_tls_server_name_gets_the_default_certificate_quietly()
     let dir = tempfile::tempdir().unwrap();
     let objects = dir.path().join("objects.yaml");
     std::fs::write(&objects, OBJECTS_YAML).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_custom-metrics-adapter"))
         .arg(format!("--cert-dir={}", dir.path().join("certs").display()))
         .arg(format!("--objects-file={}", objects.display()))

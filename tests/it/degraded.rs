@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::{
     cluster::{Cluster, eventually, item_names, start_cluster_args, start_cluster_with},
     fake_kube::{ADAPTER_USER, FakeKube},
-    support::env,
+    support::{env, free_port},
 };
 
 const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
@@ -215,10 +215,7 @@ async fn forward(listener: tokio::net::TcpListener, target: std::net::SocketAddr
 
 #[tokio::test]
 async fn not_ready_until_a_relist_succeeds_and_retries_soon_after() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let cluster = start_cluster_args(allow_hpa, false, &["--prometheus-url", &url]).await;
     let unready = eventually(Duration::from_secs(10), async || {

@@ -43,11 +43,7 @@ async fn prometheus_adapter_args_and_helm_rules_work_unchanged() {
     let kubeconfig = fake.write_kubeconfig(dir.path());
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, HELM_DEFAULT_RULES).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // prometheus-adapter's deploy/manifests/deployment.yaml args, and the Helm chart's --v/--logtostderr.
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_custom-metrics-adapter"))
         .env("KUBECONFIG", &kubeconfig)

@@ -154,7 +154,8 @@ pub fn env() -> &'static Env {
     })
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on (now).
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
