@@ -708,14 +708,7 @@ async fn a_resource_rbac_forbids_answers_404_naming_the_permission_and_the_adapt
 
     // Advertised: what it can serve, not what it may not list.
     let advertised = cluster.advertised().await;
-    assert!(
-        advertised.contains(&"pods/http_requests".to_owned()),
-        "{advertised:?}"
-    );
-    assert!(
-        !advertised.iter().any(|name| name.starts_with("jobs.batch/")),
-        "{advertised:?}"
-    );
+    assert_pods_not_jobs(&advertised);
 
     // No retry loop against the API server: one LIST of jobs, however long it is refused.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -771,14 +764,7 @@ async fn the_built_in_rules_map_no_label_prometheus_adds_to_a_resource() {
     // Every series has `job` and `instance` labels (the scrape's), and the fake serves batch Jobs.
     let cluster = start_cluster_with(FakeKube::add_batch_types, true).await;
     let advertised = cluster.advertised().await;
-    assert!(
-        advertised.contains(&"pods/http_requests".to_owned()),
-        "{advertised:?}"
-    );
-    assert!(
-        !advertised.iter().any(|name| name.starts_with("jobs.batch/")),
-        "{advertised:?}"
-    );
+    assert_pods_not_jobs(&advertised);
 }
 
 /// The resource attributes of the SubjectAccessReviews the fake received since its requests were
@@ -1038,4 +1024,16 @@ async fn client_certificates_no_authenticator_accepts_are_unauthorized_not_anony
     }
     // Without a certificate the same request is anonymous, and so forbidden, not unauthorized.
     assert_eq!(cluster.get(&Cluster::client(None), PODS, &[]).await.0, 403);
+}
+
+/// The discovery document lists the pods metric and nothing of `jobs.batch`.
+fn assert_pods_not_jobs(advertised: &[String]) {
+    assert!(
+        advertised.contains(&"pods/http_requests".to_owned()),
+        "{advertised:?}"
+    );
+    assert!(
+        !advertised.iter().any(|name| name.starts_with("jobs.batch/")),
+        "{advertised:?}"
+    );
 }
