@@ -27,20 +27,21 @@ OBJECTS = "namespaces:\n  - name: default\n"
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
-def rss_mib(pid):
+def status_mib(pid, field):
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM) in MiB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mib(pid):
+    return status_mib(pid, "VmRSS")
 
 
 def peak_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_mib(pid, "VmHWM")
 
 
 def free_port():
