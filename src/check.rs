@@ -3,7 +3,7 @@
 use std::{fmt::Write as _, path::Path, time::Duration};
 
 use crate::{
-    app::State,
+    pipeline::{self, Pipeline},
     objects::Resources,
     prometheus,
     rules::{self, QueryRequest},
@@ -40,9 +40,16 @@ pub async fn check_config(
     };
 
     let client = prometheus::Client::new(&prometheus::ClientConfig::plain(url, Duration::from_secs(30)))?;
-    let state = State::new(set, client, None, Duration::from_secs(600));
+    let state = Pipeline::new(pipeline::Parts {
+        rules: set,
+        backend: client,
+        objects: None,
+        resources: Default::default(),
+        max_age: Duration::from_secs(600),
+        metrics: Default::default(),
+    });
     state.relist().await?;
-    let discovery = state.discovery.load_full();
+    let discovery = state.discovery();
     let resources = Resources::default();
     let _ = writeln!(
         report,

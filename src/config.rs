@@ -1,8 +1,22 @@
 //! Command-line flags, named as prometheus-adapter names them, and the small parsers they need.
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
+use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+
+pub use crate::telemetry::LogFormat;
+use crate::{
+    auth::AuthnConfig,
+    cluster::RateLimit,
+    prometheus,
+    rules::promql::InRegex,
+    server::{self, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS_INFLIGHT},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,21 +39,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// `--max-connections` by default. Measured with jemalloc (README, "Security and limits"): an
-/// idle TLS connection costs 16 KiB (HTTP/1.1) to 26 KiB (HTTP/2), one holding an unfinished
-/// 30 KB request head 57 KiB; 512 of the latter add 30 MiB, which keeps the worst case well
-/// within the Deployment's 128 MiB next to the object caches of a large cluster.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
-/// `--max-requests-inflight` by default, as in kube-apiserver.
-pub const DEFAULT_MAX_REQUESTS_INFLIGHT: usize = 400;
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 /// The HTTP method used for Prometheus API calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -282,6 +281,241 @@ impl Args {
     pub fn metrics_max_age(&self) -> Duration {
         self.metrics_max_age.unwrap_or(self.metrics_relist_interval)
     }
+}
+
+/// Every subsystem's settings, parsed and checked from the flags in one place; each constructor
+/// takes its own part, so only `config`, `app` and `main` know the flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub backend: prometheus::ClientConfig,
+    pub rules: RulesConfig,
+    pub discovery: DiscoveryConfig,
+    pub objects: ObjectsConfig,
+    /// None with `--insecure-allow-anonymous`: everyone is served.
+    pub auth: Option<AuthConfig>,
+    pub logging: LoggingConfig,
+}
+
+/// Where and how the HTTPS server listens.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: server::TlsConfig,
+    pub options: server::Options,
+}
+
+/// Where the rules come from.
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    /// prometheus-adapter's rules file; None: the built-in rules.
+    pub file: Option<PathBuf>,
+    /// The `rate()` window of the built-in rules.
+    pub rate_interval: Duration,
+    /// How a single-value `in` of a metric label selector reaches PromQL.
+    pub in_regex: InRegex,
+}
+
+/// How often the adapter learns what exists: series in the backend, resources in the cluster.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    pub relist_interval: Duration,
+    /// Series with samples this recent are discovered.
+    pub max_age: Duration,
+    /// How often Kubernetes API discovery is refreshed.
+    pub api_interval: Duration,
+}
+
+/// Where the objects that exist come from: a file, or the cluster.
+#[derive(Debug, Clone)]
+pub struct ObjectsConfig {
+    pub file: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub rate_limit: RateLimit,
+    pub access_recheck: Duration,
+}
+
+/// Delegated authentication and authorization.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub authentication_kubeconfig: Option<PathBuf>,
+    pub authorization_kubeconfig: Option<PathBuf>,
+    pub lookup: AuthLookup,
+    /// The settings the flags give (CAs already read), which win over the cluster's ConfigMap.
+    pub flags: AuthnConfig,
+    pub token_cache_ttl: Duration,
+    pub authentication_timeout: Duration,
+    pub authorized_ttl: Duration,
+    pub unauthorized_ttl: Duration,
+    pub authorization_timeout: Duration,
+    pub always_allow_paths: Vec<String>,
+}
+
+/// Whether kube-system/extension-apiserver-authentication is read, and what its absence means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthLookup {
+    /// `--authentication-skip-lookup`: the flags alone.
+    Skip,
+    /// Not ready until it was read.
+    Required,
+    /// `--authentication-tolerate-lookup-failure`: ready on the flags alone meanwhile.
+    Tolerated,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    pub verbosity: u8,
+}
+
+impl Config {
+    /// Parses and checks every flag; an error names the flag. Reads the CA files the flags name.
+    pub fn from_args(args: &Args) -> anyhow::Result<Self> {
+        args.validate()?;
+        Ok(Self {
+            server: server_config(args),
+            backend: backend_config(args)?,
+            rules: RulesConfig {
+                file: args.config.clone(),
+                rate_interval: args.rate_interval,
+                in_regex: if args.metric_selector_regex_passthrough {
+                    InRegex::Passthrough
+                } else {
+                    InRegex::Escaped
+                },
+            },
+            discovery: DiscoveryConfig {
+                relist_interval: args.metrics_relist_interval,
+                max_age: args.metrics_max_age(),
+                api_interval: args.discovery_interval,
+            },
+            objects: ObjectsConfig {
+                file: args.objects_file.clone(),
+                kubeconfig: args.lister_kubeconfig.clone(),
+                rate_limit: RateLimit {
+                    qps: args.client_qps,
+                    burst: args.client_burst,
+                },
+                access_recheck: args.access_recheck,
+            },
+            auth: match args.insecure_allow_anonymous {
+                true => None,
+                false => Some(auth_config(args)?),
+            },
+            logging: LoggingConfig {
+                format: args.log_format,
+                verbosity: args.v,
+            },
+        })
+    }
+}
+
+/// The server's limits set by flags. Its timers keep kube-apiserver's values (it has no flags for
+/// them), except that a request may always take three times `--prometheus-timeout`: it waits for
+/// one round of Prometheus calls (run concurrently), with room to spare.
+fn server_config(args: &Args) -> ServerConfig {
+    let defaults = server::Options::default();
+    let certificate = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(cert), Some(key)) => server::Certificate::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => server::Certificate::SelfSigned {
+            dir: args.cert_dir.clone(),
+        },
+    };
+    ServerConfig {
+        listen: SocketAddr::new(args.bind_address, args.secure_port),
+        tls: server::TlsConfig {
+            certificate,
+            http2: !args.disable_http2,
+        },
+        options: server::Options {
+            max_connections: args.max_connections,
+            max_requests_inflight: args.max_requests_inflight,
+            http2_max_concurrent_streams: match args.http2_max_streams_per_connection {
+                0 => defaults.http2_max_concurrent_streams,
+                streams => streams,
+            },
+            request_timeout: defaults
+                .request_timeout
+                .max(args.prometheus_timeout.saturating_mul(3)),
+            ..defaults
+        },
+    }
+}
+
+/// The Prometheus client's settings; `--prometheus-auth-incluster` names the pod's
+/// service-account token and CA unless the flags name others.
+fn backend_config(args: &Args) -> Result<prometheus::ClientConfig> {
+    let incluster = |name: &str| {
+        args.prometheus_auth_incluster
+            .then(|| std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount").join(name))
+    };
+    Ok(prometheus::ClientConfig {
+        url: args.prometheus_url.clone(),
+        headers: args
+            .prometheus_headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<Result<_>>()?,
+        token_file: args.prometheus_token_file.clone().or_else(|| incluster("token")),
+        ca_file: args.prometheus_ca_file.clone().or_else(|| incluster("ca.crt")),
+        client_cert: args
+            .prometheus_client_tls_cert_file
+            .clone()
+            .zip(args.prometheus_client_tls_key_file.clone()),
+        auth_config: args.prometheus_auth_config.clone(),
+        use_post: args.prometheus_verb == PrometheusVerb::Post,
+        timeout: args.prometheus_timeout,
+        max_response_bytes: args.prometheus_max_response_bytes,
+    })
+}
+
+fn auth_config(args: &Args) -> anyhow::Result<AuthConfig> {
+    let lookup = match (
+        args.authentication_skip_lookup,
+        args.authentication_tolerate_lookup_failure,
+    ) {
+        (true, _) => AuthLookup::Skip,
+        (false, true) => AuthLookup::Tolerated,
+        (false, false) => AuthLookup::Required,
+    };
+    Ok(AuthConfig {
+        authentication_kubeconfig: args.authentication_kubeconfig.clone(),
+        authorization_kubeconfig: args.authorization_kubeconfig.clone(),
+        lookup,
+        flags: flag_authn_config(args)?,
+        token_cache_ttl: args.authentication_token_webhook_cache_ttl,
+        authentication_timeout: args.authentication_timeout,
+        authorized_ttl: args.authorization_webhook_cache_authorized_ttl,
+        unauthorized_ttl: args.authorization_webhook_cache_unauthorized_ttl,
+        authorization_timeout: args.authorization_timeout,
+        always_allow_paths: args.authorization_always_allow_paths.clone(),
+    })
+}
+
+/// The authentication settings given by flags (empty where a flag is absent).
+fn flag_authn_config(args: &Args) -> anyhow::Result<AuthnConfig> {
+    let read = |path: &Option<PathBuf>| -> anyhow::Result<Vec<_>> {
+        match path {
+            Some(path) => {
+                let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                Ok(crate::auth::parse_pem_certs(&pem, &path.display().to_string())?)
+            }
+            None => Ok(Vec::new()),
+        }
+    };
+    Ok(AuthnConfig {
+        client_ca: read(&args.client_ca_file)?,
+        requestheader_ca: read(&args.requestheader_client_ca_file)?,
+        allowed_names: args.requestheader_allowed_names.clone(),
+        username_headers: args.requestheader_username_headers.clone(),
+        group_headers: args.requestheader_group_headers.clone(),
+        extra_header_prefixes: args.requestheader_extra_headers_prefix.clone(),
+        uid_headers: args.requestheader_uid_headers.clone(),
+    })
 }
 
 /// Flags of the generic Kubernetes API server and klog that prometheus-adapter accepts but that

@@ -12,7 +12,10 @@ pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod health;
 pub mod objects;
+pub mod periodic;
+pub mod pipeline;
 pub mod prometheus;
 pub mod quantity;
 pub mod rules;

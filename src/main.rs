@@ -40,7 +40,10 @@ async fn main() -> ExitCode {
         }) => check::check_config(config, prometheus_url.as_deref(), namespace)
             .await
             .map(|report| print!("{report}")),
-        None => custom_metrics_adapter::run(args, shutdown_signal()).await,
+        None => match config::Config::from_args(&args) {
+            Ok(config) => custom_metrics_adapter::run(config, shutdown_signal()).await,
+            Err(err) => Err(err),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,21 +61,16 @@ async fn main() -> ExitCode {
 /// Resolves on SIGTERM (what the kubelet sends) or SIGINT.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(err) => {
-                tracing::warn!(error = %err, "Cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(error = %err, "Cannot listen for SIGTERM; only SIGINT stops the server");
+            let _ = ctrl_c.await;
+            return;
         }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

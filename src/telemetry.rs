@@ -2,7 +2,12 @@
 
 use tracing_subscriber::{EnvFilter, fmt};
 
-use crate::config::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Installs the global subscriber. The level comes from `RUST_LOG`, else from klog's `--v`.
 pub fn init(format: LogFormat, verbosity: u8) {

@@ -11,7 +11,7 @@ use super::{
     wants_pretty, wire_version,
 };
 use crate::{
-    app::State as AppState,
+    pipeline::Pipeline as AppState,
     objects::{ObjectRef, ResourceInfo},
     prometheus, quantity,
     rules::{self, QueryRequest},
@@ -223,12 +223,12 @@ async fn metric_values(
         ))
     };
     // 1. Resource; an unknown name refreshes API discovery once (a CRD added after start).
-    let mut resources = state.resources.load_full();
+    let mut resources = state.resources().load_full();
     if resources.resolve(&request.resource).is_none()
-        && let Some(objects) = &state.objects
+        && let Some(objects) = state.objects()
         && objects.refresh_resources().await
     {
-        resources = state.resources.load_full();
+        resources = state.resources().load_full();
     }
     let resource = resources.resolve(&request.resource).ok_or_else(|| {
         not_found(format!(
@@ -245,7 +245,7 @@ async fn metric_values(
     };
 
     // 2. Metric, from the discovery snapshot.
-    let discovery = state.discovery.load_full();
+    let discovery = state.discovery();
     let entry = discovery.get(resource, &request.metric).ok_or_else(|| {
         let gr = resource.group_resource();
         if discovery.listed_at.is_none() {
@@ -303,8 +303,7 @@ async fn metric_values(
     tracing::debug!(promql = %query.promql, "Querying Prometheus");
 
     // 5. Prometheus.
-    let samples = state
-        .prometheus
+    let samples = state.backend()
         .query(&query.promql, SystemTime::now())
         .await
         .map_err(prometheus_error)?;
@@ -416,7 +415,7 @@ async fn select_objects(
     let scope = namespace
         .map(|ns| format!(" in namespace {ns:?}"))
         .unwrap_or_default();
-    let Some(objects) = &state.objects else {
+    let Some(objects) = state.objects() else {
         if *name == ObjectName::All && !label_selector.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "labelSelector {:?} needs to know which {} carry those labels, and this server has no object source: \

@@ -12,7 +12,8 @@ use super::{
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
     wants_pretty,
 };
-use crate::{app::SharedState, app::State as AppState, objects::ResourceInfo, rules::Discovery};
+use super::SharedState;
+use crate::{objects::ResourceInfo, pipeline::Pipeline, rules::Discovery};
 
 fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
     let group_version = |version: &str| GroupVersion {
@@ -32,7 +33,7 @@ pub(super) async fn group_list(State(state): State<SharedState>, Params(params):
     let list = ApiGroupList {
         kind: "APIGroupList",
         api_version: "v1",
-        groups: served_groups(&state)
+        groups: served_groups(&state.pipeline)
             .into_iter()
             .map(|def| api_group(def, false))
             .collect(),
@@ -45,7 +46,7 @@ pub(super) async fn group(
     PathParts(group): PathParts<String>,
     Params(params): Params,
 ) -> Response {
-    match served_groups(&state).into_iter().find(|def| def.name == group) {
+    match served_groups(&state.pipeline).into_iter().find(|def| def.name == group) {
         Some(def) => json_response(StatusCode::OK, &api_group(def, true), wants_pretty(&params)),
         None => axum::response::IntoResponse::into_response(ApiError::unknown_route()),
     }
@@ -58,8 +59,8 @@ pub(super) async fn resource_list(
     Params(params): Params,
 ) -> Response {
     // A full Arc, not a guard: the forbidden check below awaits.
-    let discovery = state.discovery.load_full();
-    let served = served_groups(&state)
+    let discovery = state.pipeline.discovery();
+    let served = served_groups(&state.pipeline)
         .into_iter()
         .any(|g| g.name == group && g.versions.contains(&version.as_str()));
     let resources = if !served {
@@ -87,7 +88,7 @@ pub(super) async fn resource_list(
             })
             .collect()
     } else {
-        let forbidden = forbidden_resources(&state, &discovery).await;
+        let forbidden = forbidden_resources(&state.pipeline, &discovery).await;
         discovery
             .iter()
             .filter(|(_, entry)| !forbidden.contains(&entry.resource.group_resource()))
@@ -111,8 +112,8 @@ pub(super) async fn resource_list(
 
 /// The resources of `discovery` the adapter may not list and watch, so cannot serve: their metrics
 /// are left out of the discovery documents. Asked concurrently; each answer is cached by the source.
-async fn forbidden_resources(state: &AppState, discovery: &Discovery) -> BTreeSet<String> {
-    let Some(objects) = &state.objects else {
+async fn forbidden_resources(state: &Pipeline, discovery: &Discovery) -> BTreeSet<String> {
+    let Some(objects) = state.objects() else {
         return BTreeSet::new();
     };
     let resources: BTreeMap<String, &ResourceInfo> = discovery

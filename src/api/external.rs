@@ -13,7 +13,7 @@ use super::{
     types::{ExternalMetricValue, MetricValueList},
     wants_pretty,
 };
-use crate::{app::State as AppState, quantity, rules, selector::Selector};
+use crate::{pipeline::Pipeline as AppState, quantity, rules, selector::Selector};
 
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -60,7 +60,7 @@ async fn values(
     metric: &str,
     selector: &Selector,
 ) -> Result<Vec<ExternalMetricValue>, ApiError> {
-    let discovery = state.discovery.load_full();
+    let discovery = state.discovery();
     let not_found = |detail: String| {
         ApiError::not_found(format!(
             "the server could not find the metric {metric} for namespaces: {detail}"
@@ -78,7 +78,7 @@ async fn values(
         .external
         .get(entry.rule)
         .ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
-    let resources = state.resources.load_full();
+    let resources = state.resources().load_full();
     let promql =
         rules::build_external_query(rule, entry.rule, &entry.series, namespace, selector, &resources)
             .map_err(|err| match err {
@@ -86,8 +86,7 @@ async fn values(
                 err => ApiError::internal(err.to_string()),
             })?;
     tracing::debug!(%promql, "Querying Prometheus");
-    let samples = state
-        .prometheus
+    let samples = state.backend()
         .query(&promql, SystemTime::now())
         .await
         .map_err(super::custom::prometheus_error)?;

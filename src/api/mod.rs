@@ -4,6 +4,7 @@ pub(crate) mod custom;
 mod discovery;
 pub mod error;
 mod external;
+mod guard;
 pub mod path;
 mod resource;
 pub mod types;
@@ -25,7 +26,16 @@ use tower::Layer;
 pub use custom::MetricPath;
 pub use error::ApiError;
 
-use crate::app::{Readiness, SharedState};
+use crate::{auth::Auth, health::Health, health::Readiness, pipeline::Pipeline, telemetry::Metrics};
+
+/// What the handlers serve from.
+pub struct Context {
+    pub pipeline: std::sync::Arc<Pipeline>,
+    pub health: std::sync::Arc<Health>,
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+type SharedState = std::sync::Arc<Context>;
 
 /// A served API group and its versions, preferred first.
 pub struct GroupDef {
@@ -66,12 +76,12 @@ pub const RESOURCE_GROUP: GroupDef = GroupDef {
 };
 
 /// The groups served with the current rules.
-pub fn served_groups(state: &crate::app::State) -> Vec<&'static GroupDef> {
+pub fn served_groups(pipeline: &Pipeline) -> Vec<&'static GroupDef> {
     let mut groups: Vec<&'static GroupDef> = GROUPS.iter().collect();
     // External metrics are always served (an empty list without externalRules), so their
     // APIService stays available and rules added by a reload work at once.
     groups.push(&EXTERNAL_GROUP);
-    if state.rules.load().resource.is_some() {
+    if pipeline.rules().resource.is_some() {
         groups.push(&RESOURCE_GROUP);
     }
     groups
@@ -112,18 +122,19 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> 
 
 /// `/apis/<group>/<version>/...`: a custom or an external metric.
 async fn metric(
-    State(state): State<SharedState>,
+    State(context): State<SharedState>,
     PathParts((group, version, path)): PathParts<(String, String, String)>,
     Params(params): Params,
 ) -> Response {
-    let served = served_groups(&state).iter().any(|g| g.name == group);
+    let state = &context.pipeline;
+    let served = served_groups(state).iter().any(|g| g.name == group);
     if served && group == external::GROUP {
-        return external::get_metric(&state, &version, &path, &params).await;
+        return external::get_metric(state, &version, &path, &params).await;
     }
     if served && group == resource::GROUP {
-        return resource::get(&state, &version, &path, &params).await;
+        return resource::get(state, &version, &path, &params).await;
     }
-    custom::get_metric(&state, &group, &version, &path, &params).await
+    custom::get_metric(state, &group, &version, &path, &params).await
 }
 
 /// Finds a served group/version.
@@ -136,7 +147,7 @@ pub fn wire_version(group: &str, version: &str) -> Option<WireVersion> {
 }
 
 /// The router for every path this server answers; `auth` None serves everyone (local runs).
-pub fn router(state: SharedState, auth: Option<std::sync::Arc<crate::auth::Auth>>) -> Router {
+pub fn router(state: SharedState, auth: Option<std::sync::Arc<Auth>>) -> Router {
     let router = Router::new()
         .route("/apis", get(discovery::group_list))
         .route("/apis/{group}", get(discovery::group))
@@ -155,7 +166,7 @@ pub fn router(state: SharedState, auth: Option<std::sync::Arc<crate::auth::Auth>
         .fallback(|| async { ApiError::unknown_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
     let router = match auth {
-        Some(auth) => router.layer(middleware::from_fn_with_state(auth, crate::auth::middleware)),
+        Some(auth) => router.layer(middleware::from_fn_with_state(auth, guard::middleware)),
         None => router,
     };
     // `Router::layer` runs after routing, so the path is made canonical in a service in front of
@@ -199,8 +210,8 @@ fn wants_pretty(params: &BTreeMap<String, String>) -> bool {
 /// The adapter's own metrics in Prometheus' text format.
 async fn own_metrics(State(state): State<SharedState>) -> Response {
     // Evaluating readiness refreshes the per-check gauges.
-    let _ = state.readiness();
-    if let Some(objects) = &state.objects {
+    let _ = state.health.readiness();
+    if let Some(objects) = state.pipeline.objects() {
         state.metrics.set_forbidden(&objects.forbidden());
     }
     let mut response = state.metrics.encode().into_response();
@@ -219,7 +230,7 @@ async fn health() -> &'static str {
 /// one `[+]name ok` / `[-]name failed: reason` line per check. A degraded check stays `[+]` and
 /// says what is wrong after `ok`.
 async fn ready(State(state): State<SharedState>, Params(params): Params) -> Response {
-    let checks = state.readiness();
+    let checks = state.health.readiness();
     let ready = checks.iter().all(|(_, r)| !matches!(r, Readiness::NotReady(_)));
     if ready && !params.contains_key("verbose") {
         return (StatusCode::OK, "ok").into_response();

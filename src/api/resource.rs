@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::{ApiError, json_response, types::StatusDetails, wants_pretty};
 use crate::{
-    app::State as AppState,
+    pipeline::Pipeline as AppState,
     objects::{ObjectRef, ResourceInfo, Resources},
     prometheus::Sample,
     quantity,
@@ -81,7 +81,7 @@ pub(super) async fn get(
     path: &str,
     params: &BTreeMap<String, String>,
 ) -> Response {
-    let Some(rules) = state.rules.load().resource.clone() else {
+    let Some(rules) = state.rules().resource.clone() else {
         return ApiError::unknown_route().into_response();
     };
     let selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
@@ -154,7 +154,7 @@ async fn objects(
     namespace: Option<&str>,
     selector: &Selector,
 ) -> Result<Option<Vec<ObjectRef>>, ApiError> {
-    let Some(source) = &state.objects else {
+    let Some(source) = state.objects() else {
         return Ok(None);
     };
     let unavailable = |err: crate::objects::Error| match err {
@@ -180,8 +180,7 @@ async fn run(
     let promql = template::render_metrics_query(query, "", matchers, group_by, &BTreeMap::new())
         .map_err(|err| ApiError::internal(format!("resourceRules: {err}")))?;
     tracing::debug!(%promql, "Querying Prometheus");
-    state
-        .prometheus
+    state.backend()
         .query(&promql, SystemTime::now())
         .await
         .map_err(super::custom::prometheus_error)
@@ -229,7 +228,7 @@ async fn nodes(
     selector: &Selector,
 ) -> Result<Vec<NodeMetrics>, ApiError> {
     let rules = &set.config;
-    let resources = state.resources.load_full();
+    let resources = state.resources().load_full();
     let nodes = resources.resolve("nodes");
     let mut names: Option<Vec<String>> = match nodes {
         Some(nodes) => objects(state, nodes, None, selector)
@@ -306,7 +305,7 @@ async fn pods(
     selector: &Selector,
 ) -> Result<Vec<PodMetrics>, ApiError> {
     let rules = &set.config;
-    let resources = state.resources.load_full();
+    let resources = state.resources().load_full();
     let pods_resource = resources
         .resolve("pods")
         .cloned()

@@ -6,11 +6,7 @@ mod authz;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use axum::{
-    extract::{Request, State},
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use axum::http::{HeaderMap, Method};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -21,10 +17,7 @@ use kube::{
 pub use authn::{Authenticator, AuthnConfig, TokenReviewer, UserInfo, parse_pem_certs};
 pub use authz::{Attributes, Authorizer, Decision};
 
-use crate::{
-    api::{ApiError, path::RequestPath},
-    server::ConnectionInfo,
-};
+use rustls::pki_types::CertificateDer;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -56,9 +49,6 @@ pub enum ReviewFailure {
 /// How long a TokenReview or SubjectAccessReview may take by default, as k8s.io/apiserver's
 /// delegating authenticator and authorizer (`TokenRequestTimeout`, `ClientTimeout`).
 pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a client that may retry is told to wait, in seconds.
-const RETRY_AFTER_SECONDS: u32 = 1;
 
 /// Sends one review with a deadline and names the failure, so callers answer the client without
 /// passing client-library errors on.
@@ -94,7 +84,7 @@ async fn send_review<T>(
 /// The name of the ConfigMap that holds the cluster's authentication settings.
 pub const AUTH_CONFIGMAP: &str = "extension-apiserver-authentication";
 
-/// Authentication plus authorization, used by [`middleware`].
+/// Authentication plus authorization of every request.
 pub struct Auth {
     pub authenticator: Authenticator,
     pub authorizer: Authorizer,
@@ -102,90 +92,71 @@ pub struct Auth {
     pub always_allow_paths: Vec<String>,
 }
 
-/// The user a request was authenticated as (request extension, for handlers and logs).
+/// Why a request is not let through; `api` turns each into the API server's Status.
 #[derive(Debug, Clone)]
-pub struct Caller(pub UserInfo);
-
-/// Authenticates, strips the front proxy's headers, and authorizes every request, on the path
-/// [`crate::api::path`] decoded (the one the router serves).
-pub async fn middleware(State(auth): State<Arc<Auth>>, mut request: Request, next: Next) -> Response {
-    let path = match request.extensions().get::<RequestPath>() {
-        Some(RequestPath(path)) => path.clone(),
-        // Not behind the path middleware: the URI was never decoded, so decode it here, once.
-        None => match crate::api::path::canonical(request.uri().path()) {
-            Ok((path, _)) => path,
-            Err(err) => return ApiError::bad_request(err.to_string()).into_response(),
-        },
-    };
-    let user = match authenticate(&auth, &mut request).await {
-        Ok(user) => user,
-        Err(response) => return *response,
-    };
-    if !auth.always_allow_paths.contains(&path) {
-        let attributes = Attributes::from_request(request.method(), &path);
-        if let Err(response) = authorize(&auth, &user, &attributes).await {
-            return *response;
-        }
-    }
-    request.extensions_mut().insert(Caller(user));
-    next.run(request).await
+pub enum Denial {
+    /// No credentials the cluster trusts, or a token that could not be checked in time: 401.
+    Unauthenticated,
+    /// Authenticated, but not allowed: 403 with the API server's message.
+    Forbidden {
+        message: String,
+        attributes: Box<Attributes>,
+    },
+    /// The authorization review did not complete in time or the API server was unavailable: the
+    /// client may retry.
+    ReviewUnavailable,
+    /// The API server refused the authorization review (the adapter's RBAC, a bad answer).
+    ReviewRefused,
 }
 
-/// The caller, or the API server's 401 when credentials are invalid or cannot be checked (a
-/// TokenReview that failed or timed out: the token is not trusted without an answer).
-async fn authenticate(auth: &Auth, request: &mut Request) -> Result<UserInfo, Box<Response>> {
-    let certificates = request
-        .extensions()
-        .get::<ConnectionInfo>()
-        .map(|info| info.peer_certificates.clone())
-        .unwrap_or_default();
-    match auth
-        .authenticator
-        .authenticate(request.headers_mut(), &certificates)
-        .await
-    {
-        Ok(user) => Ok(user),
-        Err(Error::Unauthorized) => Err(Box::new(ApiError::unauthorized().into_response())),
-        Err(err) => {
-            tracing::warn!(error = %err, "Unable to authenticate the request; answering 401");
-            Err(Box::new(ApiError::unauthorized().into_response()))
+impl Auth {
+    /// Authenticates the caller (stripping the front proxy's headers from `headers`) and, unless
+    /// `path` always passes, authorizes `method` on the decoded `path`. Review details go to the
+    /// log only; the caller learns the outcome.
+    pub async fn check(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &mut HeaderMap,
+        peer_certificates: &[CertificateDer<'static>],
+    ) -> Result<UserInfo, Denial> {
+        let user = match self.authenticator.authenticate(headers, peer_certificates).await {
+            Ok(user) => user,
+            Err(Error::Unauthorized) => return Err(Denial::Unauthenticated),
+            Err(err) => {
+                tracing::warn!(error = %err, "Unable to authenticate the request; answering 401");
+                return Err(Denial::Unauthenticated);
+            }
+        };
+        if !self.always_allow_paths.iter().any(|p| p == path) {
+            let attributes = Attributes::from_request(method, path);
+            self.authorize(&user, attributes).await?;
         }
+        Ok(user)
     }
-}
 
-/// Nothing when `user` may do what `attributes` say; otherwise the answer: 403 when denied, 503
-/// with Retry-After when the review did not complete in time or the API server is unavailable,
-/// 500 when the API server refused the review. Review details go to the log only.
-async fn authorize(auth: &Auth, user: &UserInfo, attributes: &Attributes) -> Result<(), Box<Response>> {
-    let error = match auth.authorizer.authorize(user, attributes).await {
-        Ok(Decision { allowed: true, .. }) => return Ok(()),
-        Ok(Decision { reason, .. }) => {
-            tracing::info!(user = %user.name, verb = %attributes.verb, path = %attributes.path, %reason, "Forbidden");
-            let message = attributes.forbidden_message(&user.name, &reason);
-            ApiError::forbidden(
-                message,
-                &attributes.api_group,
-                &attributes.resource,
-                &attributes.name,
-            )
-        }
-        Err(err) => {
-            tracing::warn!(user = %user.name, verb = %attributes.verb, path = %attributes.path, error = %err, "Authorization failed");
-            match err {
-                Error::Review {
-                    failure: ReviewFailure::TimedOut | ReviewFailure::Unavailable,
-                    ..
-                } => ApiError::service_unavailable_retry(
-                    "the authorization check could not be completed; retry",
-                    RETRY_AFTER_SECONDS,
-                ),
-                _ => ApiError::internal(
-                    "the authorization check could not be completed; the adapter's log says why",
-                ),
+    async fn authorize(&self, user: &UserInfo, attributes: Attributes) -> Result<(), Denial> {
+        match self.authorizer.authorize(user, &attributes).await {
+            Ok(Decision { allowed: true, .. }) => Ok(()),
+            Ok(Decision { reason, .. }) => {
+                tracing::info!(user = %user.name, verb = %attributes.verb, path = %attributes.path, %reason, "Forbidden");
+                Err(Denial::Forbidden {
+                    message: attributes.forbidden_message(&user.name, &reason),
+                    attributes: Box::new(attributes),
+                })
+            }
+            Err(err) => {
+                tracing::warn!(user = %user.name, verb = %attributes.verb, path = %attributes.path, error = %err, "Authorization failed");
+                Err(match err {
+                    Error::Review {
+                        failure: ReviewFailure::TimedOut | ReviewFailure::Unavailable,
+                        ..
+                    } => Denial::ReviewUnavailable,
+                    _ => Denial::ReviewRefused,
+                })
             }
         }
-    };
-    Err(Box::new(error.into_response()))
+    }
 }
 
 /// Keeps `authenticator` in step with the ConfigMap `kube-system/extension-apiserver-authentication`,

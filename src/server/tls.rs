@@ -13,7 +13,6 @@ use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Args;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,13 +53,27 @@ struct WatchedFiles {
     last: Mutex<(FileStamp, FileStamp)>,
 }
 
+/// Which certificate the server presents, and whether it offers HTTP/2.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub certificate: Certificate,
+    pub http2: bool,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Debug, Clone)]
+pub enum Certificate {
+    /// PEM files, reloaded when they change (`--tls-cert-file`, `--tls-private-key-file`).
+    Files { cert: PathBuf, key: PathBuf },
+    /// A self-signed certificate kept in `dir` (`--cert-dir`), generated when absent.
+    SelfSigned { dir: PathBuf },
+}
+
 impl TlsSource {
-    /// From `--tls-cert-file`/`--tls-private-key-file`, or a self-signed certificate in `--cert-dir`.
-    pub fn from_args(args: &Args) -> Result<Self> {
-        let http2 = !args.disable_http2;
-        match (&args.tls_cert_file, &args.tls_private_key_file) {
-            (Some(cert), Some(key)) => Self::from_files(cert, key, http2),
-            _ => Self::self_signed(&args.cert_dir, http2),
+    pub fn from_config(config: &TlsConfig) -> Result<Self> {
+        match &config.certificate {
+            Certificate::Files { cert, key } => Self::from_files(cert, key, config.http2),
+            Certificate::SelfSigned { dir } => Self::self_signed(dir, config.http2),
         }
     }
 
@@ -146,12 +159,8 @@ impl TlsSource {
         if self.files.is_none() {
             return;
         }
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(interval) => {}
-            }
+        let mut ticker = crate::periodic::Ticker::new(interval, shutdown);
+        while ticker.tick().await {
             if let Err(err) = self.reload_if_changed() {
                 tracing::warn!(error = %err, "Keeping the previous serving certificate");
             }

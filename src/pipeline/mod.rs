@@ -1,0 +1,94 @@
+//! The request pipeline and what it stands on: the rules, the metrics discovered with them, the
+//! resources and objects that exist, and the metrics backend. `api` turns a request into calls
+//! here and the answers into wire types; nothing here knows HTTP.
+
+mod relist;
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+
+use crate::{
+    objects::{ObjectSource, SharedResources},
+    prometheus,
+    rules::{Discovery, RuleSet},
+    telemetry::Metrics,
+};
+
+/// What a pipeline is built from.
+pub struct Parts {
+    pub rules: RuleSet,
+    pub backend: prometheus::Client,
+    /// None: every object with samples exists.
+    pub objects: Option<Arc<dyn ObjectSource>>,
+    /// The resources the adapter knows; API discovery replaces them.
+    pub resources: Arc<SharedResources>,
+    /// Series with samples this recent are discovered.
+    pub max_age: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Everything a metrics request needs, shared by all connections.
+pub struct Pipeline {
+    /// The current rules; a discovery snapshot keeps the rules it was built from.
+    rules: ArcSwap<RuleSet>,
+    resources: Arc<SharedResources>,
+    backend: prometheus::Client,
+    objects: Option<Arc<dyn ObjectSource>>,
+    discovery: ArcSwap<Discovery>,
+    /// Set once a relist has succeeded.
+    relisted: AtomicBool,
+    /// Why the latest relist failed (None after a success), for `/readyz?verbose`.
+    relist_error: Mutex<Option<String>>,
+    max_age: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            rules: ArcSwap::from_pointee(parts.rules),
+            resources: parts.resources,
+            backend: parts.backend,
+            objects: parts.objects,
+            discovery: ArcSwap::from_pointee(Discovery::default()),
+            relisted: AtomicBool::new(false),
+            relist_error: Mutex::new(None),
+            max_age: parts.max_age,
+            metrics: parts.metrics,
+        }
+    }
+
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
+    /// Swaps in new rules; the next relist discovers with them.
+    pub fn set_rules(&self, rules: RuleSet) {
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// The latest discovery snapshot.
+    pub fn discovery(&self) -> Arc<Discovery> {
+        self.discovery.load_full()
+    }
+
+    pub fn resources(&self) -> &Arc<SharedResources> {
+        &self.resources
+    }
+
+    pub fn objects(&self) -> Option<&Arc<dyn ObjectSource>> {
+        self.objects.as_ref()
+    }
+
+    pub fn backend(&self) -> &prometheus::Client {
+        &self.backend
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
