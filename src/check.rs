@@ -3,8 +3,8 @@
 use std::{fmt::Write as _, path::Path, time::Duration};
 
 use crate::{
-    pipeline::{self, Pipeline},
     objects::Resources,
+    pipeline::{self, Pipeline},
     prometheus,
     rules::{self, QueryRequest},
     selector::Selector,

@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use axum::{extract::State, http::StatusCode, response::Response};
 use serde_json::json;
 
+use super::SharedState;
 use super::{
     ApiError, EXTERNAL_GROUP, GROUPS, GroupDef, Params, PathParts, RESOURCE_GROUP, json_response,
     served_groups,
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
     wants_pretty,
 };
-use super::SharedState;
 use crate::{objects::ResourceInfo, pipeline::Pipeline, rules::Discovery};
 
 fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
@@ -46,7 +46,10 @@ pub(super) async fn group(
     PathParts(group): PathParts<String>,
     Params(params): Params,
 ) -> Response {
-    match served_groups(&state.pipeline).into_iter().find(|def| def.name == group) {
+    match served_groups(&state.pipeline)
+        .into_iter()
+        .find(|def| def.name == group)
+    {
         Some(def) => json_response(StatusCode::OK, &api_group(def, true), wants_pretty(&params)),
         None => axum::response::IntoResponse::into_response(ApiError::unknown_route()),
     }

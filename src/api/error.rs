@@ -5,6 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 
 use super::types::{ListMeta, Status, StatusCause, StatusDetails};
+use crate::{pipeline, prometheus};
 
 /// An error on its way to the client.
 #[derive(Debug, Clone)]
@@ -173,6 +174,34 @@ impl IntoResponse for ApiError {
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// The pipeline's reasons, answered with the status a client can act on.
+impl From<pipeline::Error> for ApiError {
+    fn from(err: pipeline::Error) -> Self {
+        match err {
+            pipeline::Error::NotFound(message) => ApiError::not_found(message),
+            pipeline::Error::BadRequest(message) => ApiError::bad_request(message),
+            pipeline::Error::Unavailable(message) => ApiError::service_unavailable(message),
+            pipeline::Error::Backend(err) => backend_error(err),
+            pipeline::Error::Internal(message) => ApiError::internal(message),
+        }
+    }
+}
+
+/// Maps backend failures to the status a client can act on. The message is the error's
+/// summary: the backend's URL and words went to the log (the client logs every failed query).
+fn backend_error(err: prometheus::Error) -> ApiError {
+    let message = format!("unable to fetch metrics: {}", err.summary());
+    match err {
+        prometheus::Error::Timeout { .. } => ApiError::timeout(message, 1),
+        prometheus::Error::Unreachable { .. } => ApiError::service_unavailable(message),
+        prometheus::Error::Unavailable { retry_after, .. } => {
+            let seconds = u32::try_from(retry_after.as_secs()).unwrap_or(u32::MAX);
+            ApiError::service_unavailable_retry(message, seconds)
+        }
+        _ => ApiError::internal(message),
     }
 }
 

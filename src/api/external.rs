@@ -1,7 +1,7 @@
 //! external.metrics.k8s.io/v1beta1: metrics not tied to a Kubernetes object, selected by their
 //! own labels (`GET /namespaces/{ns}/{metric}?labelSelector=...`).
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::collections::BTreeMap;
 
 use axum::{
     http::StatusCode,
@@ -13,7 +13,7 @@ use super::{
     types::{ExternalMetricValue, MetricValueList},
     wants_pretty,
 };
-use crate::{pipeline::Pipeline as AppState, quantity, rules, selector::Selector};
+use crate::{pipeline::Pipeline as AppState, selector::Selector};
 
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -37,8 +37,18 @@ pub(super) async fn get_metric(
         Ok(selector) => selector,
         Err(err) => return ApiError::bad_request(format!("invalid labelSelector: {err}")).into_response(),
     };
-    match values(state, namespace, metric, &selector).await {
-        Ok(items) => {
+    match state.external_metric(namespace, metric, &selector).await {
+        Ok(values) => {
+            let items: Vec<ExternalMetricValue> = values
+                .into_iter()
+                .map(|value| ExternalMetricValue {
+                    metric_name: metric.to_owned(),
+                    metric_labels: value.labels,
+                    timestamp: super::custom::format_timestamp(value.timestamp),
+                    window: None,
+                    value: value.value,
+                })
+                .collect();
             let list = MetricValueList {
                 kind: "ExternalMetricValueList",
                 api_version: format!("{GROUP}/{VERSION}"),
@@ -48,73 +58,9 @@ pub(super) async fn get_metric(
             json_response(StatusCode::OK, &list, wants_pretty(params))
         }
         Err(err) => {
+            let err = ApiError::from(err);
             tracing::info!(%metric, %namespace, code = err.code(), error = err.message(), "Request refused");
             err.into_response()
         }
     }
-}
-
-async fn values(
-    state: &AppState,
-    namespace: &str,
-    metric: &str,
-    selector: &Selector,
-) -> Result<Vec<ExternalMetricValue>, ApiError> {
-    let discovery = state.discovery();
-    let not_found = |detail: String| {
-        ApiError::not_found(format!(
-            "the server could not find the metric {metric} for namespaces: {detail}"
-        ))
-    };
-    let entry = discovery.external(metric).ok_or_else(|| {
-        let known: Vec<&str> = discovery.external_metrics().map(|(name, _)| name).collect();
-        not_found(format!(
-            "no external rule names a series {metric:?}; external metrics: {}",
-            known.join(", ")
-        ))
-    })?;
-    let rule = discovery
-        .rules
-        .external
-        .get(entry.rule)
-        .ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
-    let resources = state.resources().load_full();
-    let promql =
-        rules::build_external_query(rule, entry.rule, &entry.series, namespace, selector, &resources)
-            .map_err(|err| match err {
-                rules::Error::Selector(err) => ApiError::bad_request(format!("invalid labelSelector: {err}")),
-                err => ApiError::internal(err.to_string()),
-            })?;
-    tracing::debug!(%promql, "Querying Prometheus");
-    let samples = state.backend()
-        .query(&promql, SystemTime::now())
-        .await
-        .map_err(super::custom::prometheus_error)?;
-    let mut items = Vec::with_capacity(samples.len());
-    let mut skipped = Vec::new();
-    for sample in samples {
-        match quantity::from_f64(sample.value) {
-            Ok(value) => items.push(ExternalMetricValue {
-                metric_name: metric.to_owned(),
-                metric_labels: sample.labels.to_map(),
-                timestamp: super::custom::format_timestamp(sample.timestamp),
-                window: None,
-                value,
-            }),
-            Err(err) => skipped.push(err.to_string()),
-        }
-    }
-    if items.is_empty() {
-        let detail = if skipped.is_empty() {
-            format!(
-                "Prometheus returned no samples of {} in namespace {namespace:?}",
-                entry.series
-            )
-        } else {
-            format!("the samples were not numbers ({})", skipped.join("; "))
-        };
-        return Err(not_found(detail));
-    }
-    items.sort_by(|a, b| a.metric_labels.cmp(&b.metric_labels));
-    Ok(items)
 }

@@ -48,10 +48,7 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, mut request: Request, nex
 fn status(denial: Denial) -> ApiError {
     match denial {
         Denial::Unauthenticated => ApiError::unauthorized(),
-        Denial::Forbidden {
-            message,
-            attributes,
-        } => ApiError::forbidden(
+        Denial::Forbidden { message, attributes } => ApiError::forbidden(
             message,
             &attributes.api_group,
             &attributes.resource,
@@ -61,8 +58,8 @@ fn status(denial: Denial) -> ApiError {
             "the authorization check could not be completed; retry",
             RETRY_AFTER_SECONDS,
         ),
-        Denial::ReviewRefused => ApiError::internal(
-            "the authorization check could not be completed; the adapter's log says why",
-        ),
+        Denial::ReviewRefused => {
+            ApiError::internal("the authorization check could not be completed; the adapter's log says why")
+        }
     }
 }

@@ -23,7 +23,7 @@ use axum::{
 use serde::Serialize;
 use tower::Layer;
 
-pub use custom::MetricPath;
+pub use crate::pipeline::MetricPath;
 pub use error::ApiError;
 
 use crate::{auth::Auth, health::Health, health::Readiness, pipeline::Pipeline, telemetry::Metrics};

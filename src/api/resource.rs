@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::{ApiError, json_response, types::StatusDetails, wants_pretty};
 use crate::{
-    pipeline::Pipeline as AppState,
     objects::{ObjectRef, ResourceInfo, Resources},
+    pipeline::Pipeline as AppState,
     prometheus::Sample,
     quantity,
     rules::{ResourceRuleSet, Rule, promql, template},
@@ -180,10 +180,11 @@ async fn run(
     let promql = template::render_metrics_query(query, "", matchers, group_by, &BTreeMap::new())
         .map_err(|err| ApiError::internal(format!("resourceRules: {err}")))?;
     tracing::debug!(%promql, "Querying Prometheus");
-    state.backend()
+    state
+        .backend()
         .query(&promql, SystemTime::now())
         .await
-        .map_err(super::custom::prometheus_error)
+        .map_err(|err| ApiError::from(crate::pipeline::Error::Backend(err)))
 }
 
 /// Values by key from a query's samples; NaN and negative values count as 0, as in prometheus-adapter.

@@ -2,7 +2,12 @@
 //! resources and objects that exist, and the metrics backend. `api` turns a request into calls
 //! here and the answers into wire types; nothing here knows HTTP.
 
+mod custom;
+mod external;
 mod relist;
+
+pub use custom::{DescribedObject, MetricPath, MetricRequest, ObjectName, ObjectValue};
+pub use external::ExternalValue;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicBool},
@@ -17,6 +22,45 @@ use crate::{
     rules::{Discovery, RuleSet},
     telemetry::Metrics,
 };
+
+/// Why a request has no answer; `api` turns each into the API server's Status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The metric, or the objects it is about, do not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request cannot be answered as asked (a selector that cannot be applied).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Something the answer needs is not ready yet (an object cache still listing).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The backend failed; its summary, never its internals, reaches the client.
+    #[error(transparent)]
+    Backend(prometheus::Error),
+    /// Neither the client's nor a dependency's fault.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An object source's failure for a request about `metric` of `resource`.
+    fn from_objects(
+        err: crate::objects::Error,
+        metric: &str,
+        resource: &crate::objects::ResourceInfo,
+    ) -> Self {
+        match err {
+            crate::objects::Error::NotSynced { .. } => Error::Unavailable(err.to_string()),
+            // Not a passing outage: the metric is not served until RBAC allows it, as discovery says.
+            crate::objects::Error::Forbidden(_) => Error::NotFound(format!(
+                "the server could not find the metric {metric} for {}: {err}",
+                resource.group_resource()
+            )),
+            err => Error::Internal(format!("unable to list matching resources: {err}")),
+        }
+    }
+}
 
 /// What a pipeline is built from.
 pub struct Parts {

@@ -46,9 +46,7 @@ impl Pipeline {
     /// does not hide every metric; when every query fails the previous snapshot stays whole.
     pub async fn relist(&self) -> Result<usize, prometheus::Error> {
         let end = SystemTime::now();
-        let start = end
-            .checked_sub(self.max_age)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let start = end.checked_sub(self.max_age).unwrap_or(SystemTime::UNIX_EPOCH);
         let rules = self.rules.load_full();
         let mut fetched = Vec::new();
         let (mut failed_custom, mut failed_external) = (Vec::new(), Vec::new());
@@ -148,4 +146,3 @@ impl Pipeline {
         }
     }
 }
-

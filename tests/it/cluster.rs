@@ -249,9 +249,13 @@ async fn start_cluster_full(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     cluster.stop = Some(stop);
     tokio::spawn(async move {
-        let result = custom_metrics_adapter::app::serve(args, listener, async move {
-            let _ = stopped.await;
-        })
+        let result = custom_metrics_adapter::app::serve(
+            custom_metrics_adapter::config::Config::from_args(&args).expect("flags"),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        )
         .await;
         if let Err(err) = result {
             eprintln!("adapter stopped: {err:#}");

@@ -116,9 +116,13 @@ async fn config_reloads_keep_the_old_rules_when_the_new_file_is_bad() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(custom_metrics_adapter::app::serve(args, listener, async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(custom_metrics_adapter::app::serve(
+        custom_metrics_adapter::config::Config::from_args(&args).expect("flags"),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let client = https();
     let get = async |path: &str| {
         let response = client.get(format!("https://{addr}{path}")).send().await.unwrap();

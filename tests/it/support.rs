@@ -543,9 +543,13 @@ impl Served {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            if let Err(err) = custom_metrics_adapter::app::serve(args, listener, async move {
-                let _ = stopped.await;
-            })
+            if let Err(err) = custom_metrics_adapter::app::serve(
+                custom_metrics_adapter::config::Config::from_args(&args).expect("flags"),
+                listener,
+                async move {
+                    let _ = stopped.await;
+                },
+            )
             .await
             {
                 eprintln!("adapter stopped: {err:#}");
