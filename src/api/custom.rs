@@ -1,15 +1,16 @@
-//! custom.metrics.k8s.io handlers: path → objects → PromQL → samples → MetricValueList.
+//! custom.metrics.k8s.io: the request's path and selectors in, a MetricValueList out; the
+//! pipeline does the work between.
 
 use std::collections::BTreeMap;
 
 use super::{
-    ApiError, WireVersion, json_response,
+    ApiError, WireVersion, json_response, label_selector,
     types::{MetricIdentifier, MetricValueList, MetricValueV1Beta1, MetricValueV1Beta2, ObjectReference},
     wants_pretty, wire_version,
 };
 use crate::{
-    pipeline::{DescribedObject, MetricPath, MetricRequest, ObjectName, Pipeline as AppState},
-    selector::Selector,
+    pipeline::{DescribedObject, MetricPath, MetricRequest, ObjectName, ObjectValue, Pipeline as AppState},
+    selector::{LabelSelector, Selector},
 };
 use axum::{
     http::StatusCode,
@@ -26,63 +27,72 @@ pub(super) async fn get_metric(
     let Some(wire) = wire_version(group, version) else {
         return ApiError::unknown_route().into_response();
     };
-    let Some(request) = MetricPath::parse(path) else {
-        return ApiError::unknown_route().into_response();
-    };
-    // An empty metricLabelSelector is no selector, as the HPA's client renders it.
-    let metric_selector = params.get("metricLabelSelector").filter(|s| !s.trim().is_empty());
-    let metric_selector = match metric_selector.map(|s| Selector::parse(s)).transpose() {
-        Ok(selector) => selector,
-        Err(err) => {
-            return ApiError::bad_request(format!("invalid metricLabelSelector: {err}")).into_response();
+    match answer(state, path, params).await {
+        Ok((metric, selector_echo, items)) => {
+            let api_version = format!("{group}/{version}");
+            let pretty = wants_pretty(params);
+            render(wire, api_version, &metric, selector_echo, items, pretty)
         }
-    };
+        Err(err) => err.into_response(),
+    }
+}
+
+/// The request's metric name, its metricLabelSelector as echoed, and the values.
+async fn answer(
+    state: &AppState,
+    path: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(String, Option<LabelSelector>, Vec<ObjectValue>), ApiError> {
+    let request = MetricPath::parse(path).ok_or_else(ApiError::unknown_route)?;
+    // An empty metricLabelSelector is no selector, as the HPA's client renders it.
+    let metric_selector = params
+        .get("metricLabelSelector")
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Selector::parse(s))
+        .transpose()
+        .map_err(|err| ApiError::bad_request(format!("invalid metricLabelSelector: {err}")))?;
     // Echoed in every item as a LabelSelector; `!=`, `>` and `<` have no LabelSelector form.
-    let selector_echo = match metric_selector
+    let selector_echo = metric_selector
         .as_ref()
         .map(Selector::to_label_selector)
         .transpose()
-    {
-        Ok(echo) => echo,
-        Err(err) => {
-            return ApiError::bad_request(format!(
+        .map_err(|err| {
+            ApiError::bad_request(format!(
                 "invalid metricLabelSelector: {err}; write `key notin (value)` instead of `key!=value`"
             ))
-            .into_response();
-        }
-    };
-    let label_selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
-        Ok(selector) => selector,
-        Err(err) => return ApiError::bad_request(format!("invalid labelSelector: {err}")).into_response(),
-    };
-    let name = match field_selector_name(params, &request.name) {
-        Ok(name) => name,
-        Err(err) => return err.into_response(),
-    };
+        })?;
+    let label_selector = label_selector(params)?;
+    let name = field_selector_name(params, &request.name)?;
     let request = MetricPath { name, ..request };
-
     let metric_request = MetricRequest {
         path: &request,
         label_selector: &label_selector,
         metric_selector: metric_selector.as_ref(),
     };
-    let items = match state.custom_metric(metric_request).await {
-        Ok(items) => items,
-        Err(err) => {
-            let err = ApiError::from(err);
-            tracing::info!(metric = %request.metric, resource = %request.resource, code = err.code(), error = err.message(), "Request refused");
-            return err.into_response();
-        }
-    };
-    let api_version = format!("{group}/{version}");
-    let pretty = wants_pretty(params);
+    let items = state.custom_metric(metric_request).await.map_err(|err| {
+        let err = ApiError::from(err);
+        tracing::info!(metric = %request.metric, resource = %request.resource, code = err.code(), error = err.message(), "Request refused");
+        err
+    })?;
+    Ok((request.metric, selector_echo, items))
+}
+
+/// The values in the wire format of the version asked for.
+fn render(
+    wire: WireVersion,
+    api_version: String,
+    metric: &str,
+    selector_echo: Option<LabelSelector>,
+    items: Vec<ObjectValue>,
+    pretty: bool,
+) -> Response {
     match wire {
         WireVersion::V1Beta1 => {
             let items = items
                 .into_iter()
                 .map(|item| MetricValueV1Beta1 {
                     described_object: object_reference(item.object),
-                    metric_name: request.metric.clone(),
+                    metric_name: metric.to_owned(),
                     timestamp: format_timestamp(item.timestamp),
                     window: None,
                     value: item.value,
@@ -97,7 +107,7 @@ pub(super) async fn get_metric(
                 .map(|item| MetricValueV1Beta2 {
                     described_object: object_reference(item.object),
                     metric: MetricIdentifier {
-                        name: request.metric.clone(),
+                        name: metric.to_owned(),
                         selector: selector_echo.clone(),
                     },
                     timestamp: format_timestamp(item.timestamp),

@@ -13,7 +13,7 @@ use super::{
     types::{ExternalMetricValue, MetricValueList},
     wants_pretty,
 };
-use crate::{pipeline::Pipeline as AppState, selector::Selector};
+use crate::pipeline::Pipeline as AppState;
 
 pub const GROUP: &str = "external.metrics.k8s.io";
 pub const VERSION: &str = "v1beta1";
@@ -33,9 +33,9 @@ pub(super) async fn get_metric(
         }
         _ => return ApiError::unknown_route().into_response(),
     };
-    let selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
+    let selector = match super::label_selector(params) {
         Ok(selector) => selector,
-        Err(err) => return ApiError::bad_request(format!("invalid labelSelector: {err}")).into_response(),
+        Err(err) => return err.into_response(),
     };
     match state.external_metric(namespace, metric, &selector).await {
         Ok(values) => {

@@ -26,7 +26,9 @@ use tower::Layer;
 pub use crate::pipeline::MetricPath;
 pub use error::ApiError;
 
-use crate::{auth::Auth, health::Health, health::Readiness, pipeline::Pipeline, telemetry::Metrics};
+use crate::{
+    auth::Auth, health::Health, health::Readiness, pipeline::Pipeline, selector::Selector, telemetry::Metrics,
+};
 
 /// What the handlers serve from.
 pub struct Context {
@@ -101,6 +103,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
             ))),
         }
     }
+}
+
+/// `labelSelector`, which selects objects (custom and resource metrics) or series (external).
+fn label_selector(params: &BTreeMap<String, String>) -> Result<Selector, ApiError> {
+    Selector::parse(params.get("labelSelector").map_or("", String::as_str))
+        .map_err(|err| ApiError::bad_request(format!("invalid labelSelector: {err}")))
 }
 
 /// Path segments; a path that does not decode (percent-encoded bytes that are not UTF-8) is a

@@ -84,9 +84,9 @@ pub(super) async fn get(
     let Some(rules) = state.rules().resource.clone() else {
         return ApiError::unknown_route().into_response();
     };
-    let selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
+    let selector = match super::label_selector(params) {
         Ok(selector) => selector,
-        Err(err) => return ApiError::bad_request(format!("invalid labelSelector: {err}")).into_response(),
+        Err(err) => return err.into_response(),
     };
     let segments: Vec<&str> = path.split('/').collect();
     let pretty = wants_pretty(params);
