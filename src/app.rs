@@ -16,10 +16,10 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::{self, Auth, Authenticator, AuthnConfig, Authorizer, TokenReviewer},
+    backend::{self, MetricsBackend, prometheus},
     cluster::{self, RateLimit},
     config::{Args, PrometheusVerb},
     objects::{DiscoveryHealth, KubeObjects, ObjectSource, SharedResources, StaticObjects},
-    prometheus,
     rules::{self, Discovery, RuleSet},
     server,
 };
@@ -51,7 +51,8 @@ pub struct State {
     pub rules: ArcSwap<RuleSet>,
     /// The resources the adapter knows; replaced when API discovery is refreshed.
     pub resources: Arc<SharedResources>,
-    pub prometheus: prometheus::Client,
+    /// Where metrics come from (Prometheus; an in-memory backend in tests).
+    pub backend: Arc<dyn MetricsBackend>,
     pub objects: Option<Arc<dyn ObjectSource>>,
     pub discovery: ArcSwap<Discovery>,
     /// Set once a relist has succeeded.
@@ -70,14 +71,14 @@ pub type SharedState = Arc<State>;
 impl State {
     pub fn new(
         rules: RuleSet,
-        prometheus: prometheus::Client,
+        backend: Arc<dyn MetricsBackend>,
         objects: Option<Arc<dyn ObjectSource>>,
         metrics_max_age: Duration,
     ) -> Self {
         Self {
             rules: ArcSwap::from_pointee(rules),
             resources: Arc::new(SharedResources::default()),
-            prometheus,
+            backend,
             objects,
             discovery: ArcSwap::from_pointee(Discovery::default()),
             relisted: AtomicBool::new(false),
@@ -121,7 +122,12 @@ impl State {
             Some(path) => Some(Arc::new(StaticObjects::load(path)?)),
             None => None,
         };
-        Ok(Self::new(rules, client, objects, args.metrics_max_age()))
+        Ok(Self::new(
+            rules,
+            Arc::new(client),
+            objects,
+            args.metrics_max_age(),
+        ))
     }
 
     /// Every readiness condition and how it stands, in a stable order; also mirrored on `/metrics`.
@@ -155,13 +161,13 @@ impl State {
         }
     }
 
-    fn record_relist(&self, result: &Result<usize, prometheus::Error>) {
+    fn record_relist(&self, result: &Result<usize, backend::Error>) {
         let error = match result {
             Ok(_) => {
                 self.relisted.store(true, Ordering::Release);
                 None
             }
-            Err(err) => Some(err.summary()),
+            Err(err) => Some(err.summary().to_owned()),
         };
         if let Ok(mut slot) = self.relist_error.lock() {
             *slot = error;
@@ -171,7 +177,7 @@ impl State {
     /// Lists series for every distinct `seriesQuery` and swaps in a new discovery snapshot.
     /// A query that fails keeps its rules' metrics from the previous snapshot, so one broken query
     /// does not hide every metric; when every query fails the previous snapshot stays whole.
-    pub async fn relist(&self) -> Result<usize, prometheus::Error> {
+    pub async fn relist(&self) -> Result<usize, backend::Error> {
         let end = SystemTime::now();
         let start = end
             .checked_sub(self.metrics_max_age)
@@ -181,7 +187,7 @@ impl State {
         let (mut failed_custom, mut failed_external) = (Vec::new(), Vec::new());
         let mut last_error = None;
         for (query, (custom, external)) in rules.series_queries() {
-            match self.prometheus.series(query, start, end).await {
+            match self.backend.series(query, start, end).await {
                 Ok(series) => fetched.push((custom, external, series)),
                 Err(err) => {
                     self.metrics.relist_failures.inc();
@@ -403,7 +409,7 @@ pub async fn serve(
     };
 
     let state = Arc::new(state);
-    tracing::info!(addr = %listener.local_addr()?, prometheus = state.prometheus.url(), "Serving custom metrics");
+    tracing::info!(addr = %listener.local_addr()?, prometheus = state.backend.describe(), "Serving custom metrics");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;

@@ -4,8 +4,8 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 
 use crate::{
     app::State,
+    backend::prometheus,
     objects::Resources,
-    prometheus,
     rules::{self, QueryRequest},
     selector::Selector,
 };
@@ -40,7 +40,7 @@ pub async fn check_config(
     };
 
     let client = prometheus::Client::new(&prometheus::ClientConfig::plain(url, Duration::from_secs(30)))?;
-    let state = State::new(set, client, None, Duration::from_secs(600));
+    let state = State::new(set, std::sync::Arc::new(client), None, Duration::from_secs(600));
     state.relist().await?;
     let discovery = state.discovery.load_full();
     let resources = Resources::default();

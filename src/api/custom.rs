@@ -12,8 +12,9 @@ use super::{
 };
 use crate::{
     app::State as AppState,
+    backend::{self, ErrorKind},
     objects::{ObjectRef, ResourceInfo},
-    prometheus, quantity,
+    quantity,
     rules::{self, QueryRequest},
     selector::Selector,
 };
@@ -304,7 +305,7 @@ async fn metric_values(
 
     // 5. Prometheus.
     let samples = state
-        .prometheus
+        .backend
         .query(&query.promql, SystemTime::now())
         .await
         .map_err(prometheus_error)?;
@@ -481,16 +482,16 @@ async fn select_objects(
 
 /// Maps Prometheus failures to the status a client can act on. The message is the error's
 /// summary: Prometheus' URL and words went to the log (the client logs every failed query).
-pub(super) fn prometheus_error(err: prometheus::Error) -> ApiError {
+pub(super) fn prometheus_error(err: backend::Error) -> ApiError {
     let message = format!("unable to fetch metrics: {}", err.summary());
-    match err {
-        prometheus::Error::Timeout { .. } => ApiError::timeout(message, 1),
-        prometheus::Error::Unreachable { .. } => ApiError::service_unavailable(message),
-        prometheus::Error::Unavailable { retry_after, .. } => {
+    match err.kind() {
+        ErrorKind::Timeout => ApiError::timeout(message, 1),
+        ErrorKind::Unreachable => ApiError::service_unavailable(message),
+        ErrorKind::Unavailable { retry_after } => {
             let seconds = u32::try_from(retry_after.as_secs()).unwrap_or(u32::MAX);
             ApiError::service_unavailable_retry(message, seconds)
         }
-        _ => ApiError::internal(message),
+        ErrorKind::Failed => ApiError::internal(message),
     }
 }
 

@@ -87,7 +87,7 @@ async fn values(
             })?;
     tracing::debug!(%promql, "Querying Prometheus");
     let samples = state
-        .prometheus
+        .backend
         .query(&promql, SystemTime::now())
         .await
         .map_err(super::custom::prometheus_error)?;

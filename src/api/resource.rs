@@ -15,8 +15,8 @@ use serde::Serialize;
 use super::{ApiError, json_response, types::StatusDetails, wants_pretty};
 use crate::{
     app::State as AppState,
+    backend::Sample,
     objects::{ObjectRef, ResourceInfo, Resources},
-    prometheus::Sample,
     quantity,
     rules::{ResourceRuleSet, Rule, promql, template},
     selector::Selector,
@@ -181,7 +181,7 @@ async fn run(
         .map_err(|err| ApiError::internal(format!("resourceRules: {err}")))?;
     tracing::debug!(%promql, "Querying Prometheus");
     state
-        .prometheus
+        .backend
         .query(&promql, SystemTime::now())
         .await
         .map_err(super::custom::prometheus_error)

@@ -1,8 +1,10 @@
-//! A small client for the Prometheus HTTP API: instant queries and series lookups.
+//! The Prometheus backend: a small client for the Prometheus HTTP API (instant queries and series
+//! lookups) behind [`MetricsBackend`].
 //!
 //! Answers are decoded while they arrive and stop being read past `--prometheus-max-response-bytes`
 //! ([`decode`]); credentials are re-read when their files change ([`credentials`]). Errors keep
-//! Prometheus' URL and body for the log; [`Error::summary`] is what callers may see.
+//! Prometheus' URL and body for the log; [`Error::summary`] is what callers may see, and
+//! [`Error::kind`] what the API layer maps to a status.
 
 mod credentials;
 mod decode;
@@ -12,8 +14,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
 
 use reqwest::{Method, StatusCode, header::HeaderMap};
 
+use futures::future::BoxFuture;
+
+use super::{ErrorKind, MetricsBackend, Sample, SeriesList};
 use decode::{Envelope, QueryData, StreamError};
-pub use decode::{Labels, Sample, SeriesList, SeriesShape};
 
 /// The default of `--prometheus-max-response-bytes`.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
@@ -108,6 +112,18 @@ impl Error {
         }
     }
 
+    /// Which kind of failure this is, for the status callers get.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unreachable { .. } => ErrorKind::Unreachable,
+            Self::Unavailable { retry_after, .. } => ErrorKind::Unavailable {
+                retry_after: *retry_after,
+            },
+            _ => ErrorKind::Failed,
+        }
+    }
+
     /// Logs the failure of `query` with Prometheus' URL, status and words as separate fields.
     fn log(&self, query: &str) {
         match self {
@@ -167,6 +183,12 @@ impl Error {
             }
             err => tracing::warn!(query, error = %err, "Prometheus query failed"),
         }
+    }
+}
+
+impl From<Error> for super::Error {
+    fn from(err: Error) -> Self {
+        super::Error::new(err.kind(), err.summary(), &err)
     }
 }
 
@@ -414,6 +436,25 @@ impl Client {
                 reason: error_chain(&err.without_url()),
             }
         }
+    }
+}
+
+impl MetricsBackend for Client {
+    fn query<'a>(&'a self, promql: &'a str, time: SystemTime) -> BoxFuture<'a, super::Result<Vec<Sample>>> {
+        Box::pin(async move { Ok(Client::query(self, promql, time).await?) })
+    }
+
+    fn series<'a>(
+        &'a self,
+        selector: &'a str,
+        start: SystemTime,
+        end: SystemTime,
+    ) -> BoxFuture<'a, super::Result<SeriesList>> {
+        Box::pin(async move { Ok(Client::series(self, selector, start, end).await?) })
+    }
+
+    fn describe(&self) -> &str {
+        self.url()
     }
 }
 
