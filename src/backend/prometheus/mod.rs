@@ -730,11 +730,7 @@ mod tests {
             let head = head.await.unwrap();
             let authorization: Vec<&str> = head
                 .lines()
-                .filter_map(|line| {
-                    line.to_ascii_lowercase()
-                        .starts_with("authorization:")
-                        .then_some(line)
-                })
+                .filter(|line| line.to_ascii_lowercase().starts_with("authorization:"))
                 .collect();
             let expected = match token_file {
                 Some(_) => "Bearer secret",
