@@ -14,7 +14,8 @@ use crate::{
     health::{Health, Readiness, ReadyCheck},
     objects::{DiscoveryHealth, KubeObjects, ObjectSource, SharedResources, StaticObjects},
     pipeline::{self, Pipeline},
-    prometheus, rules,
+    backend::{MetricsBackend, prometheus},
+    rules,
     rules::RuleSet,
     server,
     telemetry::Metrics,
@@ -44,7 +45,7 @@ pub async fn serve(
     let tls = server::TlsSource::from_config(&config.server.tls)?;
     let resources = Arc::new(SharedResources::default());
     let rules = load_rules(&config.rules)?;
-    let backend = prometheus::Client::new(&config.backend)?;
+    let backend: Arc<dyn MetricsBackend> = Arc::new(prometheus::Client::new(&config.backend)?);
     let (objects, cluster_checks) = object_source(&config, &resources).await?;
     let pipeline = Arc::new(Pipeline::new(pipeline::Parts {
         rules,
@@ -78,7 +79,7 @@ pub async fn serve(
         health: Arc::new(Health::new(checks, metrics.clone())),
         metrics,
     });
-    tracing::info!(addr = %listener.local_addr()?, prometheus = pipeline.backend().url(), "Serving custom metrics");
+    tracing::info!(addr = %listener.local_addr()?, backend = pipeline.backend().describe(), "Serving custom metrics");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

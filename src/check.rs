@@ -3,9 +3,9 @@
 use std::{fmt::Write as _, path::Path, time::Duration};
 
 use crate::{
+    backend::prometheus,
     objects::Resources,
     pipeline::{self, Pipeline},
-    prometheus,
     rules::{self, QueryRequest},
     selector::Selector,
 };
@@ -42,7 +42,7 @@ pub async fn check_config(
     let client = prometheus::Client::new(&prometheus::ClientConfig::plain(url, Duration::from_secs(30)))?;
     let state = Pipeline::new(pipeline::Parts {
         rules: set,
-        backend: client,
+        backend: std::sync::Arc::new(client),
         objects: None,
         resources: Default::default(),
         max_age: Duration::from_secs(600),

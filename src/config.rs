@@ -13,7 +13,7 @@ pub use crate::telemetry::LogFormat;
 use crate::{
     auth::AuthnConfig,
     cluster::RateLimit,
-    prometheus,
+    backend::prometheus,
     rules::promql::InRegex,
     server::{self, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS_INFLIGHT},
 };

@@ -71,5 +71,5 @@ pub fn rules_file(text: &str) {
 
 /// A Prometheus answer body, as the client decodes it while it streams.
 pub fn prometheus_answer(body: &[u8]) {
-    crate::prometheus::fuzz_decode(body);
+    crate::backend::prometheus::fuzz_decode(body);
 }

@@ -1,12 +1,13 @@
 //! custom-metrics-adapter: a Kubernetes custom metrics API server backed by Prometheus.
 //!
 //! A request reads straight through the modules: [`server`] (TLS) → [`api`] (route, wire types,
-//! Status errors) → [`rules`] (naming, PromQL) → [`objects`] / [`prometheus`] → [`quantity`] → JSON.
+//! Status errors) → [`rules`] (naming, PromQL) → [`objects`] / [`backend`] → [`quantity`] → JSON.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backend;
 pub mod check;
 pub mod cluster;
 pub mod config;
@@ -16,7 +17,6 @@ pub mod health;
 pub mod objects;
 pub mod periodic;
 pub mod pipeline;
-pub mod prometheus;
 pub mod quantity;
 pub mod rules;
 pub mod selector;

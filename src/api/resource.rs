@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use super::{ApiError, json_response, types::StatusDetails, wants_pretty};
 use crate::{
+    backend::Sample,
     objects::{ObjectRef, ResourceInfo, Resources},
     pipeline::Pipeline as AppState,
-    prometheus::Sample,
     quantity,
     rules::{ResourceRuleSet, Rule, promql, template},
     selector::Selector,

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc, time::SystemTime};
 use super::{Error, Pipeline};
 use crate::{
     objects::{ObjectRef, ResourceInfo, Resources},
-    prometheus::Sample,
+    backend::Sample,
     quantity,
     rules::{self, Discovery, MetricEntry, Query, QueryRequest},
     selector::Selector,

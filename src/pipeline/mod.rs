@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 
 use crate::{
     objects::{ObjectSource, SharedResources},
-    prometheus,
+    backend::{self, MetricsBackend},
     rules::{Discovery, RuleSet},
     telemetry::Metrics,
 };
@@ -37,7 +37,7 @@ pub enum Error {
     Unavailable(String),
     /// The backend failed; its summary, never its internals, reaches the client.
     #[error(transparent)]
-    Backend(prometheus::Error),
+    Backend(backend::Error),
     /// Neither the client's nor a dependency's fault.
     #[error("{0}")]
     Internal(String),
@@ -65,7 +65,7 @@ impl Error {
 /// What a pipeline is built from.
 pub struct Parts {
     pub rules: RuleSet,
-    pub backend: prometheus::Client,
+    pub backend: Arc<dyn MetricsBackend>,
     /// None: every object with samples exists.
     pub objects: Option<Arc<dyn ObjectSource>>,
     /// The resources the adapter knows; API discovery replaces them.
@@ -80,7 +80,7 @@ pub struct Pipeline {
     /// The current rules; a discovery snapshot keeps the rules it was built from.
     rules: ArcSwap<RuleSet>,
     resources: Arc<SharedResources>,
-    backend: prometheus::Client,
+    backend: Arc<dyn MetricsBackend>,
     objects: Option<Arc<dyn ObjectSource>>,
     discovery: ArcSwap<Discovery>,
     /// Set once a relist has succeeded.
@@ -128,7 +128,7 @@ impl Pipeline {
         self.objects.as_ref()
     }
 
-    pub fn backend(&self) -> &prometheus::Client {
+    pub fn backend(&self) -> &Arc<dyn MetricsBackend> {
         &self.backend
     }
 

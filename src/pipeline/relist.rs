@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::Pipeline;
-use crate::{health::Readiness, prometheus, rules::Discovery};
+use crate::{backend, health::Readiness, rules::Discovery};
 
 /// After a failed relist the next one starts this soon, doubling up to the relist interval.
 const RELIST_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -28,13 +28,13 @@ impl Pipeline {
         }
     }
 
-    fn record_relist(&self, result: &Result<usize, prometheus::Error>) {
+    fn record_relist(&self, result: &Result<usize, backend::Error>) {
         let error = match result {
             Ok(_) => {
                 self.relisted.store(true, Ordering::Release);
                 None
             }
-            Err(err) => Some(err.summary()),
+            Err(err) => Some(err.summary().to_owned()),
         };
         if let Ok(mut slot) = self.relist_error.lock() {
             *slot = error;
@@ -44,7 +44,7 @@ impl Pipeline {
     /// Lists series for every distinct `seriesQuery` and swaps in a new discovery snapshot.
     /// A query that fails keeps its rules' metrics from the previous snapshot, so one broken query
     /// does not hide every metric; when every query fails the previous snapshot stays whole.
-    pub async fn relist(&self) -> Result<usize, prometheus::Error> {
+    pub async fn relist(&self) -> Result<usize, backend::Error> {
         let end = SystemTime::now();
         let start = end.checked_sub(self.max_age).unwrap_or(SystemTime::UNIX_EPOCH);
         let rules = self.rules.load_full();

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use super::{Rule, RuleSet};
 use crate::{
+    backend::SeriesShape,
     objects::{ResourceInfo, Resources},
-    prometheus::SeriesShape,
 };
 
 /// Where an API metric of one resource comes from.

@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use clap::Parser;
-use custom_metrics_adapter::{app::State, prometheus::Client, rules::config};
+use custom_metrics_adapter::{app::State, backend::prometheus::Client, rules::config};
 
 use crate::support::*;
 
@@ -209,7 +209,7 @@ async fn a_series_query_prometheus_rejects_does_not_hide_the_others() {
     let set = config::parse(&text, "test.yaml").unwrap().rule_set().unwrap();
     assert_eq!((set.custom.len(), set.external.len()), (2, 1));
     let client = Client::new(&client_config(&env().prometheus_url, Duration::from_secs(10))).unwrap();
-    let state = State::new(set, client, None, Duration::from_secs(60));
+    let state = State::new(set, std::sync::Arc::new(client), None, Duration::from_secs(60));
     let count = state.relist().await.expect("one good query is enough");
     let discovery = state.discovery.load();
     let names: Vec<&str> = discovery.iter().map(|(metric, _)| metric).collect();

@@ -18,7 +18,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::Response,
 };
-use custom_metrics_adapter::prometheus::ClientConfig;
+use custom_metrics_adapter::backend::prometheus::ClientConfig;
 use futures::StreamExt as _;
 use serde_json::Value;
 

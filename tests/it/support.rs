@@ -12,8 +12,8 @@ use std::{
 
 use custom_metrics_adapter::{
     app::State,
+    backend::prometheus::{Client, ClientConfig},
     objects::{ObjectSource, StaticObjects},
-    prometheus::{Client, ClientConfig},
     rules::{RuleSet, default_rules},
     server::{self, TlsSource},
 };
@@ -380,7 +380,7 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
     // Discovery always comes from the real Prometheus.
     let discovering = State::new(
         rules.clone(),
-        Client::new(&client_config(&env.prometheus_url, timeout)).expect("client"),
+        Arc::new(Client::new(&client_config(&env.prometheus_url, timeout)).expect("client")),
         None,
         Duration::from_secs(60),
     );
@@ -395,7 +395,7 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
         .unwrap_or_else(|| client_config(query_url, timeout));
     let state = State::new(
         rules,
-        Client::new(&query_client).expect("client"),
+        Arc::new(Client::new(&query_client).expect("client")),
         objects,
         Duration::from_secs(60),
     );

@@ -1,8 +1,10 @@
-//! A small client for the Prometheus HTTP API: instant queries and series lookups.
+//! The Prometheus backend: a small client for the Prometheus HTTP API (instant queries and series
+//! lookups) behind [`MetricsBackend`].
 //!
 //! Answers are decoded while they arrive and stop being read past `--prometheus-max-response-bytes`
 //! ([`decode`]); credentials are re-read when their files change ([`credentials`]). Errors keep
-//! Prometheus' URL and body for the log; [`Error::summary`] is what callers may see.
+//! Prometheus' URL and body for the log; [`Error::summary`] is what callers may see, and
+//! [`Error::kind`] what the API layer maps to a status.
 
 mod credentials;
 mod decode;
@@ -12,8 +14,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration, time::SystemTime};
 
 use reqwest::{Method, StatusCode, header::HeaderMap};
 
+use futures::future::BoxFuture;
+
+use super::{ErrorKind, MetricsBackend, Sample, SeriesList};
 use decode::{Envelope, QueryData, StreamError};
-pub use decode::{Labels, Sample, SeriesList, SeriesShape};
 
 /// The default of `--prometheus-max-response-bytes`.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
@@ -108,6 +112,18 @@ impl Error {
         }
     }
 
+    /// Which kind of failure this is, for the status callers get.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Timeout { .. } => ErrorKind::Timeout,
+            Self::Unreachable { .. } => ErrorKind::Unreachable,
+            Self::Unavailable { retry_after, .. } => ErrorKind::Unavailable {
+                retry_after: *retry_after,
+            },
+            _ => ErrorKind::Failed,
+        }
+    }
+
     /// Logs the failure of `query` with Prometheus' URL, status and words as separate fields.
     fn log(&self, query: &str) {
         match self {
@@ -167,6 +183,12 @@ impl Error {
             }
             err => tracing::warn!(query, error = %err, "Prometheus query failed"),
         }
+    }
+}
+
+impl From<Error> for super::Error {
+    fn from(err: Error) -> Self {
+        super::Error::new(err.kind(), err.summary(), &err)
     }
 }
 
@@ -306,7 +328,7 @@ impl Client {
     async fn send(&self, path: &str, params: &[(&str, String)]) -> Result<(String, reqwest::Response)> {
         let url = format!("{}{path}", self.inner.base);
         let credentials = self.inner.credentials.current().await;
-        let first = self.request(&credentials.http, &url, params).await;
+        let first = self.request(&credentials, &url, params).await;
         let refused = match &first {
             Ok(response) => response.status() == StatusCode::UNAUTHORIZED,
             Err(err) => !err.is_timeout(),
@@ -323,7 +345,7 @@ impl Client {
         let result = match newer {
             Some(newer) => {
                 tracing::info!(%url, generation = newer.generation, "Prometheus refused the request; retrying with the reloaded credentials");
-                self.request(&newer.http, &url, params).await
+                self.request(&newer, &url, params).await
             }
             None => first,
         };
@@ -335,16 +357,17 @@ impl Client {
 
     async fn request(
         &self,
-        http: &reqwest::Client,
+        credentials: &credentials::Loaded,
         url: &str,
         params: &[(&str, String)],
     ) -> reqwest::Result<reqwest::Response> {
+        let http = &credentials.http;
         let request = if self.inner.use_post {
             http.request(Method::POST, url).form(params)
         } else {
             http.request(Method::GET, url).query(params)
         };
-        request.send().await
+        request.headers(credentials.headers.clone()).send().await
     }
 
     /// One API call, its answer decoded while it arrives and read up to the response limit
@@ -414,6 +437,25 @@ impl Client {
                 reason: error_chain(&err.without_url()),
             }
         }
+    }
+}
+
+impl MetricsBackend for Client {
+    fn query<'a>(&'a self, promql: &'a str, time: SystemTime) -> BoxFuture<'a, super::Result<Vec<Sample>>> {
+        Box::pin(async move { Ok(Client::query(self, promql, time).await?) })
+    }
+
+    fn series<'a>(
+        &'a self,
+        selector: &'a str,
+        start: SystemTime,
+        end: SystemTime,
+    ) -> BoxFuture<'a, super::Result<SeriesList>> {
+        Box::pin(async move { Ok(Client::series(self, selector, start, end).await?) })
+    }
+
+    fn describe(&self) -> &str {
+        self.url()
     }
 }
 
@@ -606,6 +648,96 @@ mod tests {
             DEFAULT_RETRY_AFTER
         );
         assert_eq!(retry_after(&HeaderMap::new()), DEFAULT_RETRY_AFTER);
+    }
+
+    /// A one-shot HTTP/1.1 server that answers an empty vector and hands back the raw request
+    /// head, so a test sees exactly the header lines that went over the wire.
+    async fn recording_server() -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let head = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if socket.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            let body = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (url, head)
+    }
+
+    /// prometheus-adapter adds every `--prometheus-header` to an `http.Header` with `Add`, and Go
+    /// writes one header line per value: `--prometheus-header foo=bar --prometheus-header foo=baz`
+    /// sends `Foo: bar` and `Foo: baz`.
+    #[tokio::test]
+    async fn repeated_headers_send_every_value_as_its_own_line() {
+        let (url, head) = recording_server().await;
+        let config = ClientConfig {
+            headers: vec![
+                ("foo".into(), "bar".into()),
+                ("X-Scope-OrgID".into(), "team-a".into()),
+                ("foo".into(), "baz".into()),
+                // Answers are decoded as they arrive, uncompressed: this stays `identity`.
+                ("Accept-Encoding".into(), "gzip".into()),
+            ],
+            ..ClientConfig::plain(&url, Duration::from_secs(5))
+        };
+        let client = Client::new(&config).unwrap();
+        client.query("up", SystemTime::now()).await.unwrap();
+        let head = head.await.unwrap().to_ascii_lowercase();
+        let lines: Vec<&str> = head.lines().collect();
+        let values = |name: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .filter_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+                .collect()
+        };
+        assert_eq!(values("foo"), ["bar", "baz"], "{head}");
+        assert_eq!(values("x-scope-orgid"), ["team-a"], "{head}");
+        assert_eq!(values("accept-encoding"), ["identity"], "{head}");
+    }
+
+    /// The token file's credential replaces an Authorization `--prometheus-header`, as before
+    /// repeated headers were kept; without a credential the header goes through.
+    #[tokio::test]
+    async fn a_credential_authorization_wins_over_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "secret").unwrap();
+        for token_file in [Some(dir.path().join("token")), None] {
+            let (url, head) = recording_server().await;
+            let config = ClientConfig {
+                headers: vec![("Authorization".into(), "Basic eDp5".into())],
+                token_file: token_file.clone(),
+                ..ClientConfig::plain(&url, Duration::from_secs(5))
+            };
+            Client::new(&config)
+                .unwrap()
+                .query("up", SystemTime::now())
+                .await
+                .unwrap();
+            let head = head.await.unwrap();
+            let authorization: Vec<&str> = head
+                .lines()
+                .filter(|line| line.to_ascii_lowercase().starts_with("authorization:"))
+                .collect();
+            let expected = match token_file {
+                Some(_) => "Bearer secret",
+                None => "Basic eDp5",
+            };
+            assert_eq!(authorization, [format!("authorization: {expected}")], "{head}");
+        }
     }
 
     #[test]

@@ -71,6 +71,8 @@ impl Files {
 /// An HTTP client built from one reading of the credential files.
 pub(super) struct Loaded {
     pub http: reqwest::Client,
+    /// The `--prometheus-header` values, sent with each request (see [`extra_headers`]).
+    pub headers: HeaderMap,
     /// Counts loads, so a request that failed can tell whether newer credentials exist.
     pub generation: u64,
     files: Fingerprint,
@@ -91,14 +93,9 @@ pub(super) struct Credentials {
 impl Credentials {
     /// Reads every file once: at start-up a file that cannot be read or parsed is an error.
     pub(super) fn new(config: &ClientConfig) -> Result<Self> {
-        let (http, files) = load(config)?;
         Ok(Self {
             config: config.clone(),
-            current: ArcSwap::from_pointee(Loaded {
-                http,
-                generation: 0,
-                files,
-            }),
+            current: ArcSwap::from_pointee(load(config)?),
             started: Instant::now(),
             checked_ms: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(Fingerprint::default()),
@@ -150,13 +147,12 @@ impl Credentials {
         }
         let config = self.config.clone();
         match tokio::task::spawn_blocking(move || load(&config)).await {
-            Ok(Ok((http, files))) => {
+            Ok(Ok(reloaded)) => {
                 let generation = loaded.generation + 1;
-                tracing::info!(generation, files = ?paths(&files), "Reloaded the Prometheus credentials: their files changed");
+                tracing::info!(generation, files = ?paths(&reloaded.files), "Reloaded the Prometheus credentials: their files changed");
                 self.current.store(Arc::new(Loaded {
-                    http,
                     generation,
-                    files,
+                    ..reloaded
                 }));
             }
             Ok(Err(err)) => {
@@ -172,19 +168,13 @@ fn paths(files: &Fingerprint) -> Vec<String> {
     files.0.iter().map(|(p, _)| p.display().to_string()).collect()
 }
 
-/// Builds the HTTP client: fixed headers, then the credentials read from their files.
-fn load(config: &ClientConfig) -> Result<(reqwest::Client, Fingerprint)> {
+/// Builds the HTTP client from the flags and the credentials read from their files (generation 0).
+fn load(config: &ClientConfig) -> Result<Loaded> {
     let mut files = Files::default();
     let mut headers = HeaderMap::new();
-    // Small query answers cost Prometheus more to gzip than to send (research perf-anchors).
+    // Small query answers cost Prometheus more to gzip than to send (research perf-anchors), and
+    // answers are decoded as they arrive, uncompressed: a `--prometheus-header` does not change it.
     headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    for (key, value) in &config.headers {
-        let name = HeaderName::try_from(key.as_str())
-            .map_err(|err| Error::Setup(format!("header name {key:?}: {err}")))?;
-        let value = HeaderValue::try_from(value.as_str())
-            .map_err(|err| Error::Setup(format!("header {key} value: {err}")))?;
-        headers.append(name, value);
-    }
     if let Some(path) = &config.token_file {
         let token = files.read(path)?;
         headers.insert(AUTHORIZATION, bearer(&token, path)?);
@@ -194,6 +184,32 @@ fn load(config: &ClientConfig) -> Result<(reqwest::Client, Fingerprint)> {
         .connect_timeout(config.timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true);
+    builder = flag_tls(builder, config, &mut files)?;
+    if let Some(path) = &config.auth_config {
+        builder = kubeconfig_tls_and_auth(builder, path, &mut files, &mut headers)?;
+    }
+    let extra = extra_headers(config, &headers)?;
+    // The identity and the key are checked against each other when the client is built, so a
+    // certificate and key caught mid-rotation (one file new, one old) fail here.
+    let http = builder
+        .default_headers(headers)
+        .build()
+        .map_err(|err| Error::Setup(super::error_chain(&err)))?;
+    Ok(Loaded {
+        http,
+        headers: extra,
+        generation: 0,
+        files: files.read,
+    })
+}
+
+/// The CA bundle and client certificate of `--prometheus-ca-file` and
+/// `--prometheus-client-tls-cert-file`/`--prometheus-client-tls-key-file`.
+fn flag_tls(
+    mut builder: reqwest::ClientBuilder,
+    config: &ClientConfig,
+    files: &mut Files,
+) -> Result<reqwest::ClientBuilder> {
     if let Some(path) = &config.ca_file {
         builder = builder.tls_certs_only(ca_bundle(&files.read(path)?, path)?);
     }
@@ -205,31 +221,53 @@ fn load(config: &ClientConfig) -> Result<(reqwest::Client, Fingerprint)> {
             .map_err(|err| Error::Setup(format!("client certificate {}: {err}", cert.display())))?;
         builder = builder.identity(identity);
     }
-    if let Some(path) = &config.auth_config {
-        let auth = kubeconfig_auth(path, &mut files)?;
-        if let Some(ca) = auth.ca_pem {
-            builder = builder.tls_certs_only(ca_bundle(&ca, path)?);
-        }
-        if let Some(pem) = auth.identity_pem {
-            let identity = reqwest::Identity::from_pem(&pem)
-                .map_err(|err| Error::Setup(format!("client certificate in {}: {err}", path.display())))?;
-            builder = builder.identity(identity);
-        }
-        if auth.insecure {
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        }
-        if let Some(mut value) = auth.authorization {
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+    Ok(builder)
+}
+
+/// What the `--prometheus-auth-config` kubeconfig at `path` sets: CA, client certificate,
+/// certificate checks, and an Authorization header that replaces the token file's.
+fn kubeconfig_tls_and_auth(
+    mut builder: reqwest::ClientBuilder,
+    path: &Path,
+    files: &mut Files,
+    headers: &mut HeaderMap,
+) -> Result<reqwest::ClientBuilder> {
+    let auth = kubeconfig_auth(path, files)?;
+    if let Some(ca) = auth.ca_pem {
+        builder = builder.tls_certs_only(ca_bundle(&ca, path)?);
+    }
+    if let Some(pem) = auth.identity_pem {
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|err| Error::Setup(format!("client certificate in {}: {err}", path.display())))?;
+        builder = builder.identity(identity);
+    }
+    if auth.insecure {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    if let Some(mut value) = auth.authorization {
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    Ok(builder)
+}
+
+/// The `--prometheus-header` values with every value of a repeated name kept, in order:
+/// prometheus-adapter adds each to an `http.Header` with `Add`, and Go writes one header line per
+/// value. They go on each request rather than into reqwest's default headers, which keep only the
+/// last value of a name. A name the client sets itself (`client_headers`: Accept-Encoding, and
+/// Authorization when a credential sets it) keeps the client's value.
+fn extra_headers(config: &ClientConfig, client_headers: &HeaderMap) -> Result<HeaderMap> {
+    let mut extra = HeaderMap::new();
+    for (key, value) in &config.headers {
+        let name = HeaderName::try_from(key.as_str())
+            .map_err(|err| Error::Setup(format!("header name {key:?}: {err}")))?;
+        let value = HeaderValue::try_from(value.as_str())
+            .map_err(|err| Error::Setup(format!("header {key} value: {err}")))?;
+        if !client_headers.contains_key(&name) {
+            extra.append(name, value);
         }
     }
-    // The identity and the key are checked against each other when the client is built, so a
-    // certificate and key caught mid-rotation (one file new, one old) fail here.
-    let http = builder
-        .default_headers(headers)
-        .build()
-        .map_err(|err| Error::Setup(super::error_chain(&err)))?;
-    Ok((http, files.read))
+    Ok(extra)
 }
 
 /// `Authorization: Bearer <token>`; an empty file (a rotation caught mid-write) does not load.
