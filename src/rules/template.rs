@@ -6,9 +6,12 @@
 //! `text/template`, but its lexer hard-codes `{{` `}}`, and rewriting `<<`/`>>` into `{{`/`}}` before
 //! parsing is wrong because PromQL uses braces itself: `x{<<.LabelMatchers>>}` would become
 //! `x{{{.LabelMatchers}}}`, where an action opens at the first `{{` and reads `{.LabelMatchers`, and
-//! a label value such as `a="{{"` would open an action. So this module lexes and parses templates
-//! itself, with the delimiters as constants of its lexer, and supports what configurations in the
-//! wild use:
+//! a label value such as `a="{{"` would open an action. The `gotmpl` crate takes custom
+//! delimiters, but it differs from Go on templates that configurations use (a missing key in
+//! `index` gives `<no value>`, not `""`) and it loads unbalanced `<<end>>`/`<<if>>` without an error:
+//! the comparison is in the README's development section. So this module lexes and parses
+//! templates itself, with the delimiters as constants of its lexer, and supports what
+//! configurations in the wild use:
 //!
 //! - text, `<<.Field>>`, `<<.A.B>>`, `<<.>>`, `<<$>>`, variables (`$x := pipeline`, `$x = pipeline`);
 //! - `if` / `else if` / `else`, `with` / `else with`, `range` (one or two variables, `else`, `break`,
@@ -1781,6 +1784,44 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(render(text), want, "{text}");
         }
+    }
+
+    /// More cases compared against Go 1.19's text/template (prometheus-adapter v0.12.0 is built
+    /// with Go 1.22.5, whose text/template behaves the same here): the ones where the `gotmpl`
+    /// crate differs from Go, kept so that a change of engine cannot silently change them. See
+    /// doc-template-comparison.md.
+    #[test]
+    fn cases_where_gotmpl_differs_from_go() {
+        let cases = [
+            // prometheus-adapter's own test "multiple GroupBySlice values with namespace disabled".
+            (
+                "<<index .LabelValuesByName \"namespaces\">> <<.GroupBySlice>>",
+                " [pod container]",
+            ),
+            (
+                "<<if eq (index .LabelValuesByName \"x\") \"\">>empty<<end>>",
+                "empty",
+            ),
+            ("<<index .LabelValuesByName \"missing\" | len>>", "0"),
+            (
+                "<<printf \"%q\" .LabelValuesByName>>",
+                "map[\"namespace\":\"somens\" \"pod\":\"pod1|pod2\"]",
+            ),
+            ("<<printf \"%s\" .GroupBySlice>>", "[pod container]"),
+            ("a <<- /* note */>> b", "a b"),
+            (
+                "<<.>>",
+                "{http_requests_total namespace=\"somens\",pod=~\"pod1|pod2\" \
+                 map[namespace:somens pod:pod1|pod2] pod,container [pod container]}",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(render(text), want, "{text}");
+        }
+        for text in ["x<<range .GroupBySlice>>", "<<end>>", "<<if .Series>>x"] {
+            assert!(Template::parse(text).is_err(), "{text}");
+        }
+        assert!(exec_err("<<.Missing.Deep>>").contains("can't evaluate field Missing"));
     }
 
     #[test]
