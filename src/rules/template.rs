@@ -6,9 +6,12 @@
 //! `text/template`, but its lexer hard-codes `{{` `}}`, and rewriting `<<`/`>>` into `{{`/`}}` before
 //! parsing is wrong because PromQL uses braces itself: `x{<<.LabelMatchers>>}` would become
 //! `x{{{.LabelMatchers}}}`, where an action opens at the first `{{` and reads `{.LabelMatchers`, and
-//! a label value such as `a="{{"` would open an action. So this module lexes and parses templates
-//! itself, with the delimiters as constants of its lexer, and supports what configurations in the
-//! wild use:
+//! a label value such as `a="{{"` would open an action. The `gotmpl` crate takes custom
+//! delimiters, but it differs from Go on templates that configurations use (a missing key in
+//! `index` gives `<no value>`, not `""`) and it loads unbalanced `<<end>>`/`<<if>>` without an error:
+//! the comparison is in the README's development section. So this module lexes and parses
+//! templates itself, with the delimiters as constants of its lexer, and supports what
+//! configurations in the wild use:
 //!
 //! - text, `<<.Field>>`, `<<.A.B>>`, `<<.>>`, `<<$>>`, variables (`$x := pipeline`, `$x = pipeline`);
 //! - `if` / `else if` / `else`, `with` / `else with`, `range` (one or two variables, `else`, `break`,
@@ -29,7 +32,7 @@
 //!
 //! Errors give 1-based lines and byte columns within the template, and the action's text.
 
-use std::{cmp::Ordering, collections::BTreeMap, fmt::Write as _};
+use std::{borrow::Cow, cmp::Ordering, collections::BTreeMap, fmt::Write as _};
 
 use super::promql::go_quote;
 
@@ -131,14 +134,16 @@ impl Value {
         }
     }
 
-    fn field(&self, name: &str) -> Result<Value, String> {
+    /// The field or map entry `name` of this value, without copying it.
+    fn field(&self, name: &str) -> Result<&Value, String> {
+        static NIL: Value = Value::Nil;
         match self {
-            Self::Nil => Ok(Self::Nil),
-            Self::Map(m) => Ok(m.get(name).cloned().unwrap_or(Self::Nil)),
+            Self::Nil => Ok(&NIL),
+            Self::Map(m) => Ok(m.get(name).unwrap_or(&NIL)),
             Self::Struct(fields) => fields
                 .iter()
                 .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v)
                 .ok_or_else(|| format!("can't evaluate field {name} in type struct")),
             other => Err(format!(
                 "can't evaluate field {name} in type {}",
@@ -235,7 +240,7 @@ impl Template {
     pub fn render(&self, data: &Value) -> Result<String> {
         let mut exec = Exec {
             src: &self.source,
-            vars: vec![("$".to_owned(), data.clone())],
+            vars: vec![("$".to_owned(), Cow::Borrowed(data))],
             out: String::new(),
         };
         exec.walk(&self.nodes, data)?;
@@ -474,91 +479,81 @@ fn lex_action(src: &str, open: usize, mut p: usize, items: &mut Vec<Item>) -> Re
             push(Tok::Close, p);
             return Ok((p + RIGHT.len(), false));
         }
-        let Some(c) = trimmed.chars().next() else {
+        if trimmed.is_empty() {
             return Err(err(open, "unclosed action"));
-        };
-        let start = p;
-        let simple = match c {
-            '|' => Some(Tok::Pipe),
-            '(' => Some(Tok::LParen),
-            ')' => Some(Tok::RParen),
-            ',' => Some(Tok::Comma),
-            '=' => Some(Tok::Assign),
-            _ => None,
-        };
-        if let Some(tok) = simple {
-            push(tok, start);
-            p += 1;
-            continue;
         }
-        match c {
-            ':' if trimmed[1..].starts_with('=') => {
-                push(Tok::Declare, start);
-                p += 2;
-            }
-            '"' => {
-                let (value, len) = unquote(&trimmed[1..]).map_err(|m| err(start, &m))?;
-                push(Tok::Str(value), start);
-                p += 1 + len;
-            }
-            '`' => {
-                let Some(end) = trimmed[1..].find('`') else {
-                    return Err(err(start, "unterminated raw quoted string"));
-                };
-                push(Tok::Str(trimmed[1..1 + end].to_owned()), start);
-                p += end + 2;
-            }
-            '$' => {
-                let len = 1 + word_len(&trimmed[1..]);
-                push(Tok::Var(trimmed[..len].to_owned()), start);
-                p += len;
-            }
-            '.' if trimmed[1..].starts_with(|c: char| c.is_ascii_digit()) => {
-                return Err(err(start, "floating-point constants are not supported"));
-            }
-            '.' => {
-                let len = word_len(&trimmed[1..]);
-                if len == 0 {
-                    push(Tok::Dot, start);
-                } else {
-                    push(Tok::Field(trimmed[1..1 + len].to_owned()), start);
-                }
-                p += 1 + len;
-            }
-            '+' | '-' | '0'..='9' => {
-                let len = 1 + trimmed[1..]
-                    .find(|c: char| !(is_word(c) || c == '.'))
-                    .unwrap_or(trimmed.len() - 1);
-                let text = &trimmed[..len];
-                let value = parse_int(text).map_err(|m| err(start, &format!("{m}: {text}")))?;
-                push(Tok::Int(value), start);
-                p += len;
-            }
-            '\'' => return Err(err(start, "character constants are not supported")),
-            c if c.is_alphabetic() || c == '_' => {
-                let len = word_len(trimmed);
-                let word = &trimmed[..len];
-                let tok = match word {
-                    "if" => Tok::Keyword(Keyword::If),
-                    "else" => Tok::Keyword(Keyword::Else),
-                    "end" => Tok::Keyword(Keyword::End),
-                    "range" => Tok::Keyword(Keyword::Range),
-                    "with" => Tok::Keyword(Keyword::With),
-                    "break" => Tok::Keyword(Keyword::Break),
-                    "continue" => Tok::Keyword(Keyword::Continue),
-                    "define" => Tok::Keyword(Keyword::Unsupported("define")),
-                    "template" => Tok::Keyword(Keyword::Unsupported("template")),
-                    "block" => Tok::Keyword(Keyword::Unsupported("block")),
-                    "true" => Tok::Bool(true),
-                    "false" => Tok::Bool(false),
-                    "nil" => Tok::Nil,
-                    _ => Tok::Ident(word.to_owned()),
-                };
-                push(tok, start);
-                p += len;
-            }
-            c => return Err(err(start, &format!("unexpected {c:?} in action"))),
+        let (tok, len) = lex_token(trimmed).map_err(|m| err(p, &m))?;
+        push(tok, p);
+        p += len;
+    }
+}
+
+/// Lexes the token at the start of `s` (inside an action, after white space): the token and its
+/// length in bytes, or why there is none.
+fn lex_token(s: &str) -> Result<(Tok, usize), String> {
+    let mut chars = s.chars();
+    let c = chars.next().unwrap_or_default();
+    let rest = chars.as_str();
+    Ok(match c {
+        '|' => (Tok::Pipe, 1),
+        '(' => (Tok::LParen, 1),
+        ')' => (Tok::RParen, 1),
+        ',' => (Tok::Comma, 1),
+        '=' => (Tok::Assign, 1),
+        ':' if rest.starts_with('=') => (Tok::Declare, 2),
+        '"' => {
+            let (value, len) = unquote(rest)?;
+            (Tok::Str(value), 1 + len)
         }
+        '`' => {
+            let end = rest.find('`').ok_or("unterminated raw quoted string")?;
+            (Tok::Str(rest[..end].to_owned()), end + 2)
+        }
+        '$' => {
+            let len = 1 + word_len(rest);
+            (Tok::Var(s[..len].to_owned()), len)
+        }
+        '.' if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            return Err("floating-point constants are not supported".into());
+        }
+        '.' => match word_len(rest) {
+            0 => (Tok::Dot, 1),
+            len => (Tok::Field(rest[..len].to_owned()), 1 + len),
+        },
+        '+' | '-' | '0'..='9' => {
+            let len = 1 + rest
+                .find(|c: char| !(is_word(c) || c == '.'))
+                .unwrap_or(rest.len());
+            let text = &s[..len];
+            let value = parse_int(text).map_err(|m| format!("{m}: {text}"))?;
+            (Tok::Int(value), len)
+        }
+        '\'' => return Err("character constants are not supported".into()),
+        c if c.is_alphabetic() || c == '_' => {
+            let len = word_len(s);
+            (word_token(&s[..len]), len)
+        }
+        c => return Err(format!("unexpected {c:?} in action")),
+    })
+}
+
+/// A keyword, a boolean or `nil`, or else a function name.
+fn word_token(word: &str) -> Tok {
+    match word {
+        "if" => Tok::Keyword(Keyword::If),
+        "else" => Tok::Keyword(Keyword::Else),
+        "end" => Tok::Keyword(Keyword::End),
+        "range" => Tok::Keyword(Keyword::Range),
+        "with" => Tok::Keyword(Keyword::With),
+        "break" => Tok::Keyword(Keyword::Break),
+        "continue" => Tok::Keyword(Keyword::Continue),
+        "define" => Tok::Keyword(Keyword::Unsupported("define")),
+        "template" => Tok::Keyword(Keyword::Unsupported("template")),
+        "block" => Tok::Keyword(Keyword::Unsupported("block")),
+        "true" => Tok::Bool(true),
+        "false" => Tok::Bool(false),
+        "nil" => Tok::Nil,
+        _ => Tok::Ident(word.to_owned()),
     }
 }
 
@@ -724,24 +719,32 @@ enum Func {
 }
 
 impl Func {
+    const ALL: [(&'static str, Self); 14] = [
+        ("index", Self::Index),
+        ("len", Self::Len),
+        ("eq", Self::Eq),
+        ("ne", Self::Ne),
+        ("lt", Self::Lt),
+        ("le", Self::Le),
+        ("gt", Self::Gt),
+        ("ge", Self::Ge),
+        ("and", Self::And),
+        ("or", Self::Or),
+        ("not", Self::Not),
+        ("print", Self::Print),
+        ("println", Self::Println),
+        ("printf", Self::Printf),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("", |(name, _)| name)
+    }
+
     fn lookup(name: &str) -> Option<Self> {
-        Some(match name {
-            "index" => Self::Index,
-            "len" => Self::Len,
-            "eq" => Self::Eq,
-            "ne" => Self::Ne,
-            "lt" => Self::Lt,
-            "le" => Self::Le,
-            "gt" => Self::Gt,
-            "ge" => Self::Ge,
-            "and" => Self::And,
-            "or" => Self::Or,
-            "not" => Self::Not,
-            "print" => Self::Print,
-            "println" => Self::Println,
-            "printf" => Self::Printf,
-            _ => return None,
-        })
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
     }
 }
 
@@ -1152,13 +1155,15 @@ enum Flow {
     Continue,
 }
 
+/// Variables hold copies, except `$`, which borrows the data: rendering does not copy the data
+/// unless a template copies a part of it.
 struct Exec<'a> {
     src: &'a str,
-    vars: Vec<(String, Value)>,
+    vars: Vec<(String, Cow<'a, Value>)>,
     out: String,
 }
 
-impl Exec<'_> {
+impl<'a> Exec<'a> {
     fn error(&self, span: (usize, usize), message: impl Into<String>) -> Error {
         let (line, column) = line_column(self.src, span.0);
         Error::Exec {
@@ -1239,7 +1244,7 @@ impl Exec<'_> {
         if items.is_empty() {
             // Go declares the range's variables with the whole value before iterating.
             for name in pipe.decl.iter().filter(|_| !pipe.assign) {
-                self.vars.push((name.clone(), value.clone()));
+                self.vars.push((name.clone(), Cow::Owned(value.clone())));
             }
             let flow = self.walk(otherwise, dot);
             self.vars.truncate(mark);
@@ -1249,10 +1254,10 @@ impl Exec<'_> {
             match pipe.decl.as_slice() {
                 [] => {}
                 [v] if pipe.assign => self.assign(v, elem.clone()),
-                [v] => self.vars.push((v.clone(), elem.clone())),
+                [v] => self.vars.push((v.clone(), Cow::Owned(elem.clone()))),
                 [k, v, ..] => {
-                    self.vars.push((k.clone(), key));
-                    self.vars.push((v.clone(), elem.clone()));
+                    self.vars.push((k.clone(), Cow::Owned(key)));
+                    self.vars.push((v.clone(), Cow::Owned(elem.clone())));
                 }
             }
             let flow = self.walk(body, &elem);
@@ -1266,7 +1271,7 @@ impl Exec<'_> {
 
     fn assign(&mut self, name: &str, value: Value) {
         if let Some(slot) = self.vars.iter_mut().rev().find(|(n, _)| n == name) {
-            slot.1 = value;
+            slot.1 = Cow::Owned(value);
         }
     }
 
@@ -1277,7 +1282,7 @@ impl Exec<'_> {
             if pipe.assign {
                 self.assign(name, value.clone());
             } else {
-                self.vars.push((name.clone(), value.clone()));
+                self.vars.push((name.clone(), Cow::Owned(value.clone())));
             }
         }
         Ok(value)
@@ -1312,13 +1317,7 @@ impl Exec<'_> {
             Operand::Dot => Ok(dot.clone()),
             Operand::Nil => Ok(Value::Nil),
             Operand::Literal(v) => Ok(v.clone()),
-            Operand::Var(name) => Ok(self
-                .vars
-                .iter()
-                .rev()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or(Value::Nil)),
+            Operand::Var(name) => Ok(self.var(name).clone()),
             Operand::Pipe(pipe) => {
                 let mark = self.vars.len();
                 let value = self.pipeline(pipe, dot, span);
@@ -1328,13 +1327,32 @@ impl Exec<'_> {
                 value
             }
             Operand::Chain(base, fields) => {
-                let mut value = self.operand(base, dot, span)?;
+                // Fields of dot and of variables are looked up in place, so that `.Series` copies
+                // one string rather than the whole data.
+                let computed;
+                let mut value = match &**base {
+                    Operand::Dot => dot,
+                    Operand::Var(name) => self.var(name),
+                    other => {
+                        computed = self.operand(other, dot, span)?;
+                        &computed
+                    }
+                };
                 for field in fields {
                     value = value.field(field).map_err(|m| self.error(span, m))?;
                 }
-                Ok(value)
+                Ok(value.clone())
             }
         }
+    }
+
+    fn var(&self, name: &str) -> &Value {
+        static NIL: Value = Value::Nil;
+        self.vars
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map_or(&NIL, |(_, v)| v.as_ref())
     }
 
     fn call(
@@ -1345,132 +1363,151 @@ impl Exec<'_> {
         dot: &Value,
         span: (usize, usize),
     ) -> Result<Value> {
-        let name = format!("{f:?}").to_lowercase();
-        let count = args.len() + usize::from(piped.is_some());
         if matches!(f, Func::And | Func::Or) {
-            if count == 0 {
-                return Err(self.error(
-                    span,
-                    format!("wrong number of args for {name}: want at least 1 got 0"),
-                ));
-            }
-            let mut last = Value::Nil;
-            for arg in args {
-                last = self.operand(arg, dot, span)?;
-                if last.truth() == (f == Func::Or) {
-                    return Ok(last);
-                }
-            }
-            return Ok(piped.unwrap_or(last));
+            return self.and_or(f, args, piped, dot, span);
         }
         let mut values = args
             .iter()
             .map(|a| self.operand(a, dot, span))
             .collect::<Result<Vec<_>>>()?;
         values.extend(piped);
-        let want = |n: usize| -> Result<()> {
-            if values.len() == n {
-                Ok(())
-            } else {
-                Err(self.error(
-                    span,
-                    format!("wrong number of args for {name}: want {n} got {}", values.len()),
-                ))
+        builtin(f, &values).map_err(|m| self.error(span, m))
+    }
+
+    /// `and` and `or` evaluate their arguments lazily, stopping at the first that decides.
+    fn and_or(
+        &mut self,
+        f: Func,
+        args: &[Operand],
+        piped: Option<Value>,
+        dot: &Value,
+        span: (usize, usize),
+    ) -> Result<Value> {
+        if args.is_empty() && piped.is_none() {
+            let message = format!("wrong number of args for {}: want at least 1 got 0", f.name());
+            return Err(self.error(span, message));
+        }
+        let mut last = Value::Nil;
+        for arg in args {
+            last = self.operand(arg, dot, span)?;
+            if last.truth() == (f == Func::Or) {
+                return Ok(last);
+            }
+        }
+        Ok(piped.unwrap_or(last))
+    }
+}
+
+/// Calls a function other than `and` and `or` on its evaluated arguments.
+fn builtin(f: Func, values: &[Value]) -> Result<Value, String> {
+    let want = |n: usize| -> Result<(), String> {
+        if values.len() == n {
+            Ok(())
+        } else {
+            Err(format!(
+                "wrong number of args for {}: want {n} got {}",
+                f.name(),
+                values.len()
+            ))
+        }
+    };
+    match f {
+        Func::Index => index(values),
+        Func::Len => {
+            want(1)?;
+            match &values[0] {
+                Value::Str(s) => Ok(Value::Int(len_i64(s.len()))),
+                Value::List(l) => Ok(Value::Int(len_i64(l.len()))),
+                Value::Map(m) => Ok(Value::Int(len_i64(m.len()))),
+                other => Err(format!("error calling len: len of type {}", other.type_name())),
+            }
+        }
+        Func::Not => {
+            want(1)?;
+            Ok(Value::Bool(!values[0].truth()))
+        }
+        Func::Eq => eq(values),
+        Func::Ne | Func::Lt | Func::Le | Func::Gt | Func::Ge => {
+            want(2)?;
+            ordered(f, &values[0], &values[1])
+        }
+        Func::Print => Ok(Value::Str(sprint(values))),
+        Func::Println => Ok(Value::Str(sprintln(values))),
+        Func::Printf => match values.split_first() {
+            Some((Value::Str(format), args)) => sprintf(format, args).map(Value::Str),
+            _ => Err("error calling printf: the first argument must be a format string".into()),
+        },
+        Func::And | Func::Or => Ok(Value::Nil),
+    }
+}
+
+/// `index item i j ...`: a missing map key yields the zero value of prometheus-adapter's
+/// `map[string]string`, the empty string.
+fn index(values: &[Value]) -> Result<Value, String> {
+    let Some((item, indices)) = values.split_first() else {
+        return Err("wrong number of args for index: want at least 1 got 0".into());
+    };
+    let zero = Value::Str(String::new());
+    let mut item = item;
+    for index in indices {
+        item = match (item, index) {
+            (Value::Map(map), Value::Str(key)) => map.get(key).unwrap_or(&zero),
+            (Value::List(list), Value::Int(i)) => usize::try_from(*i)
+                .ok()
+                .and_then(|i| list.get(i))
+                .ok_or_else(|| format!("error calling index: index out of range: {i}"))?,
+            (Value::Nil, _) => return Err("error calling index: index of untyped nil".into()),
+            (item, index) => {
+                return Err(format!(
+                    "error calling index: cannot index {} with {}",
+                    item.type_name(),
+                    index.type_name()
+                ));
             }
         };
-        let fail = |message: String| Err(self.error(span, message));
-        match f {
-            Func::Index => {
-                let Some((item, indices)) = values.split_first() else {
-                    return fail("wrong number of args for index: want at least 1 got 0".into());
-                };
-                let mut item = item.clone();
-                for index in indices {
-                    item = match (&item, index) {
-                        // A missing key yields the zero value of prometheus-adapter's map[string]string.
-                        (Value::Map(map), Value::Str(key)) => {
-                            map.get(key).cloned().unwrap_or_else(|| Value::Str(String::new()))
-                        }
-                        (Value::List(list), Value::Int(i)) => {
-                            match usize::try_from(*i).ok().and_then(|i| list.get(i)) {
-                                Some(v) => v.clone(),
-                                None => return fail(format!("error calling index: index out of range: {i}")),
-                            }
-                        }
-                        (Value::Nil, _) => return fail("error calling index: index of untyped nil".into()),
-                        (item, index) => {
-                            return fail(format!(
-                                "error calling index: cannot index {} with {}",
-                                item.type_name(),
-                                index.type_name()
-                            ));
-                        }
-                    };
-                }
-                Ok(item)
-            }
-            Func::Len => {
-                want(1)?;
-                match &values[0] {
-                    Value::Str(s) => Ok(Value::Int(len_i64(s.len()))),
-                    Value::List(l) => Ok(Value::Int(len_i64(l.len()))),
-                    Value::Map(m) => Ok(Value::Int(len_i64(m.len()))),
-                    other => fail(format!("error calling len: len of type {}", other.type_name())),
-                }
-            }
-            Func::Not => {
-                want(1)?;
-                Ok(Value::Bool(!values[0].truth()))
-            }
-            Func::Eq => {
-                let Some((first, rest)) = values.split_first().filter(|(_, rest)| !rest.is_empty()) else {
-                    return fail("error calling eq: missing argument for comparison".into());
-                };
-                for other in rest {
-                    if compare(first, other)
-                        .map_err(|m| self.error(span, format!("error calling eq: {m}")))?
-                        == Some(Ordering::Equal)
-                    {
-                        return Ok(Value::Bool(true));
-                    }
-                }
-                Ok(Value::Bool(false))
-            }
-            Func::Ne | Func::Lt | Func::Le | Func::Gt | Func::Ge => {
-                want(2)?;
-                let order = compare(&values[0], &values[1])
-                    .map_err(|m| self.error(span, format!("error calling {name}: {m}")))?;
-                let result = match (f, order) {
-                    (Func::Ne, order) => order != Some(Ordering::Equal),
-                    (_, None) => return fail(format!("error calling {name}: invalid type for comparison")),
-                    (Func::Lt, Some(o)) => o == Ordering::Less,
-                    (Func::Le, Some(o)) => o != Ordering::Greater,
-                    (Func::Gt, Some(o)) => o == Ordering::Greater,
-                    (_, Some(o)) => o != Ordering::Less,
-                };
-                Ok(Value::Bool(result))
-            }
-            Func::Print => Ok(Value::Str(sprint(&values))),
-            Func::Println => {
-                let mut out = String::new();
-                for (i, v) in values.iter().enumerate() {
-                    if i > 0 {
-                        out.push(' ');
-                    }
-                    write_value(&mut out, v);
-                }
-                out.push('\n');
-                Ok(Value::Str(out))
-            }
-            Func::Printf => match values.split_first() {
-                Some((Value::Str(format), args)) => sprintf(format, args)
-                    .map(Value::Str)
-                    .map_err(|m| self.error(span, m)),
-                _ => fail("error calling printf: the first argument must be a format string".into()),
-            },
-            Func::And | Func::Or => Ok(Value::Nil),
+    }
+    Ok(item.clone())
+}
+
+/// `eq a b c ...`: whether `a` equals any of the others.
+fn eq(values: &[Value]) -> Result<Value, String> {
+    let Some((first, rest)) = values.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+        return Err("error calling eq: missing argument for comparison".into());
+    };
+    for other in rest {
+        if compare(first, other).map_err(|m| format!("error calling eq: {m}"))? == Some(Ordering::Equal) {
+            return Ok(Value::Bool(true));
         }
     }
+    Ok(Value::Bool(false))
+}
+
+/// `ne`, `lt`, `le`, `gt` and `ge`.
+fn ordered(f: Func, a: &Value, b: &Value) -> Result<Value, String> {
+    let name = f.name();
+    let order = compare(a, b).map_err(|m| format!("error calling {name}: {m}"))?;
+    let result = match (f, order) {
+        (Func::Ne, order) => order != Some(Ordering::Equal),
+        (_, None) => return Err(format!("error calling {name}: invalid type for comparison")),
+        (Func::Lt, Some(o)) => o == Ordering::Less,
+        (Func::Le, Some(o)) => o != Ordering::Greater,
+        (Func::Gt, Some(o)) => o == Ordering::Greater,
+        (_, Some(o)) => o != Ordering::Less,
+    };
+    Ok(Value::Bool(result))
+}
+
+/// Go's `fmt.Sprintln`: spaces between all operands and a final newline.
+fn sprintln(values: &[Value]) -> String {
+    let mut out = String::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        write_value(&mut out, v);
+    }
+    out.push('\n');
+    out
 }
 
 fn len_i64(n: usize) -> i64 {
@@ -1747,6 +1784,44 @@ mod tests {
         for (text, want) in cases {
             assert_eq!(render(text), want, "{text}");
         }
+    }
+
+    /// More cases compared against Go 1.19's text/template (prometheus-adapter v0.12.0 is built
+    /// with Go 1.22.5, whose text/template behaves the same here): the ones where the `gotmpl`
+    /// crate differs from Go, kept so that a change of engine cannot silently change them. See
+    /// doc-template-comparison.md.
+    #[test]
+    fn cases_where_gotmpl_differs_from_go() {
+        let cases = [
+            // prometheus-adapter's own test "multiple GroupBySlice values with namespace disabled".
+            (
+                "<<index .LabelValuesByName \"namespaces\">> <<.GroupBySlice>>",
+                " [pod container]",
+            ),
+            (
+                "<<if eq (index .LabelValuesByName \"x\") \"\">>empty<<end>>",
+                "empty",
+            ),
+            ("<<index .LabelValuesByName \"missing\" | len>>", "0"),
+            (
+                "<<printf \"%q\" .LabelValuesByName>>",
+                "map[\"namespace\":\"somens\" \"pod\":\"pod1|pod2\"]",
+            ),
+            ("<<printf \"%s\" .GroupBySlice>>", "[pod container]"),
+            ("a <<- /* note */>> b", "a b"),
+            (
+                "<<.>>",
+                "{http_requests_total namespace=\"somens\",pod=~\"pod1|pod2\" \
+                 map[namespace:somens pod:pod1|pod2] pod,container [pod container]}",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(render(text), want, "{text}");
+        }
+        for text in ["x<<range .GroupBySlice>>", "<<end>>", "<<if .Series>>x"] {
+            assert!(Template::parse(text).is_err(), "{text}");
+        }
+        assert!(exec_err("<<.Missing.Deep>>").contains("can't evaluate field Missing"));
     }
 
     #[test]
