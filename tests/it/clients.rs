@@ -10,8 +10,6 @@ use tokio::{
 
 use crate::support::*;
 
-const SEED: &str = "/apis/custom-metrics.metrics.k8s.io/v1beta1/namespaces/default/services/sample-metrics-app/http_requests";
-
 #[tokio::test]
 async fn curl_gets_the_seed_answer_over_http2_and_reuses_connections() {
     let adapter = start_adapter(AdapterOptions::default()).await;

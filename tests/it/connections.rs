@@ -219,21 +219,14 @@ async fn requests_past_max_requests_inflight_get_429_while_probes_answer() {
         ..Default::default()
     })
     .await;
-    let client = reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = https_client(None, Duration::from_secs(10));
     let url = adapter.url(SEED);
     let slow = tokio::spawn(client.get(&url).send());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while accepted.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never reached Prometheus"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reached = eventually(Duration::from_secs(10), async || {
+        accepted.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(reached, "the slow request never reached Prometheus");
 
     let response = client.get(&url).send().await.expect("an answer, not a wait");
     assert_eq!(response.status(), 429);
@@ -359,12 +352,11 @@ async fn an_ip_address_as_tls_server_name_gets_the_default_certificate_quietly()
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let readyz = format!("https://127.0.0.1:{port}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !https().get(&readyz).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "the adapter did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(
+        &format!("https://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await;
 
     // OpenSSL sends an IP address as server name when told to (Go's and Apple's clients too).
     for _ in 0..3 {
@@ -383,16 +375,7 @@ async fn an_ip_address_as_tls_server_name_gets_the_default_certificate_quietly()
         assert!(text.contains("CONNECTION ESTABLISHED"), "{text}");
     }
 
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = terminate(child).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     let warnings: Vec<&str> = stderr
         .lines()

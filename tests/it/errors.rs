@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{serving::urlencode, support::*};
+use crate::support::*;
 
 const P: &str = "/apis/custom.metrics.k8s.io/v1beta1";
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use custom_metrics_adapter::rules::{ResourceMapping, Rule, RuleSet, default_rules};
 use serde_json::Value;
 
-use crate::{serving::urlencode, support::*};
+use crate::support::*;
 
 const E: &str = "/apis/external.metrics.k8s.io/v1beta1";
 
@@ -48,10 +48,11 @@ fn rules() -> RuleSet {
     }
 }
 
-fn items(body: &str) -> Vec<Value> {
+/// The items of an ExternalMetricValueList.
+fn external_items(body: &str) -> Vec<Value> {
     let list: Value = serde_json::from_str(body).unwrap();
     assert_eq!(list["kind"], "ExternalMetricValueList", "{body}");
-    list["items"].as_array().unwrap().clone()
+    items(body)
 }
 
 #[tokio::test]
@@ -64,7 +65,7 @@ async fn external_metrics_by_namespace_and_metric_labels() {
     let (status, body) = get(&adapter, &format!("{E}/namespaces/default/queue_depth")).await;
     assert_eq!(status, 200, "{body}");
     assert_golden("external_queue_depth", &body);
-    let got = items(&body);
+    let got = external_items(&body);
     assert_eq!(
         (got.len(), &got[0]["metricLabels"], &got[0]["value"]),
         (1, &serde_json::json!({"pod": "worker-0"}), &Value::from("42"))
@@ -91,9 +92,9 @@ async fn external_metrics_by_namespace_and_metric_labels() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let value = quantity(items(&body)[0]["value"].as_str().unwrap());
+    let value = quantity(external_items(&body)[0]["value"].as_str().unwrap());
     assert_close(value, SEED_SERVICE_RATE + 3.0 + 1.0 + 7.0, "cluster-wide rate");
-    assert_eq!(items(&body)[0]["metricLabels"], serde_json::json!({}));
+    assert_eq!(external_items(&body)[0]["metricLabels"], serde_json::json!({}));
 }
 
 #[tokio::test]

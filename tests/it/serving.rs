@@ -4,13 +4,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const SEED: &str = "/apis/custom-metrics.metrics.k8s.io/v1beta1/namespaces/default/services/sample-metrics-app/http_requests";
-
-fn items(body: &str) -> Vec<Value> {
-    let list: Value = serde_json::from_str(body).expect("JSON body");
-    list["items"].as_array().expect("items array").clone()
-}
-
 /// (namespace, name, value) of each item.
 fn values(body: &str) -> Vec<(String, String, f64)> {
     items(body)
@@ -284,13 +277,4 @@ async fn gauges_seconds_counters_and_resource_spellings() {
             .any(|(ns, name, _)| ns == "default" && name == "sample-metrics-app-0"),
         "{body}"
     );
-}
-
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
