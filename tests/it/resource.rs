@@ -81,8 +81,7 @@ async fn pod_metrics_per_container() {
     let (status, body) = adapter.get(&format!("{M}/namespaces/default/pods")).await;
     assert_eq!(status, 200, "{body}");
     assert_golden("pod_metrics_list", &body);
-    let list: Value = serde_json::from_str(&body).unwrap();
-    let items = list["items"].as_array().unwrap();
+    let items = items(&body);
     // worker-0 has cpu but no memory samples: left out, as prometheus-adapter does.
     assert_eq!(items.len(), 1, "{body}");
     assert_eq!(
@@ -132,8 +131,7 @@ async fn node_metrics_and_discovery() {
     let (status, body) = adapter.get(&format!("{M}/nodes")).await;
     assert_eq!(status, 200, "{body}");
     assert_golden("node_metrics_list", &body);
-    let list: Value = serde_json::from_str(&body).unwrap();
-    let items = list["items"].as_array().unwrap();
+    let items = items(&body);
     assert_eq!(items.len(), 1, "node-2 has no memory sample: {body}");
     assert_eq!(items[0]["usage"]["memory"], "2Gi");
     assert_irate_close(usage(&items[0]).0, 1.25, "node cpu");
