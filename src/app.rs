@@ -9,12 +9,12 @@ use tokio::net::TcpListener;
 use crate::{
     api,
     auth::{self, Auth, Authenticator, AuthnConfig, Authorizer, TokenReviewer},
+    backend::{MetricsBackend, prometheus},
     cluster,
     config::{AuthConfig, AuthLookup, Config, ObjectsConfig, RulesConfig},
     health::{Health, Readiness, ReadyCheck},
     objects::{DiscoveryHealth, KubeObjects, ObjectSource, SharedResources, StaticObjects},
     pipeline::{self, Pipeline},
-    backend::{MetricsBackend, prometheus},
     rules,
     rules::RuleSet,
     server,
@@ -35,31 +35,45 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     serve(config, listener, shutdown).await
 }
 
-/// Runs the adapter on an already bound listener (tests bind 127.0.0.1:0).
+/// What [`serve_with`] takes instead of building it from the configuration. Production runs
+/// [`serve`]; tests and embedders give another backend or object source.
+#[derive(Default)]
+pub struct Seams {
+    /// Instead of the Prometheus client `config.backend` describes.
+    pub backend: Option<Arc<dyn MetricsBackend>>,
+    pub objects: ObjectsSeam,
+}
+
+/// Where the objects that exist come from.
+#[derive(Default)]
+pub enum ObjectsSeam {
+    /// `--objects-file`, or the cluster's.
+    #[default]
+    FromConfig,
+    Given(Arc<dyn ObjectSource>),
+    /// No object source: every object with samples exists (and `labelSelector` cannot be applied).
+    Unknown,
+}
+
+/// Runs the adapter on an already bound listener.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(config, Seams::default(), listener, shutdown).await
+}
+
+/// [`serve`], with parts given instead of built from `config`.
+pub async fn serve_with(
+    config: Config,
+    seams: Seams,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let tls = server::TlsSource::from_config(&config.server.tls)?;
-    let resources = Arc::new(SharedResources::default());
-    let rules = load_rules(&config.rules)?;
-    let backend: Arc<dyn MetricsBackend> = Arc::new(prometheus::Client::new(&config.backend)?);
-    let (objects, cluster_checks) = object_source(&config, &resources).await?;
-    let pipeline = Arc::new(Pipeline::new(pipeline::Parts {
-        rules,
-        backend,
-        objects: Some(objects),
-        resources,
-        max_age: config.discovery.max_age,
-        metrics: metrics.clone(),
-    }));
-    let relisting = pipeline.clone();
-    let mut checks = vec![ReadyCheck::new(METRIC_DISCOVERY, move || {
-        relisting.relist_readiness()
-    })];
-    checks.extend(cluster_checks);
+    let (pipeline, mut checks) = build_pipeline(&config, seams, &metrics).await?;
     let auth = match &config.auth {
         None => {
             tracing::warn!(
@@ -111,6 +125,43 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = tokio::join!(relist, reload, config_reload);
     result.map_err(Into::into)
+}
+
+/// The rules, the backend and the object source, and the readiness checks of the metric and
+/// object discovery behind them.
+async fn build_pipeline(
+    config: &Config,
+    seams: Seams,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<Pipeline>, Vec<ReadyCheck>)> {
+    let resources = Arc::new(SharedResources::default());
+    let rules = load_rules(&config.rules)?;
+    let backend: Arc<dyn MetricsBackend> = match seams.backend {
+        Some(backend) => backend,
+        None => Arc::new(prometheus::Client::new(&config.backend)?),
+    };
+    let (objects, object_checks) = match seams.objects {
+        ObjectsSeam::FromConfig => {
+            let (objects, checks) = object_source(config, &resources).await?;
+            (Some(objects), checks)
+        }
+        ObjectsSeam::Given(objects) => (Some(objects), Vec::new()),
+        ObjectsSeam::Unknown => (None, Vec::new()),
+    };
+    let pipeline = Arc::new(Pipeline::new(pipeline::Parts {
+        rules,
+        backend,
+        objects,
+        resources,
+        max_age: config.discovery.max_age,
+        metrics: metrics.clone(),
+    }));
+    let relisting = pipeline.clone();
+    let mut checks = vec![ReadyCheck::new(METRIC_DISCOVERY, move || {
+        relisting.relist_readiness()
+    })];
+    checks.extend(object_checks);
+    Ok((pipeline, checks))
 }
 
 /// The name of the relist's readiness check.

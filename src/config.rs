@@ -12,8 +12,8 @@ use clap::{Parser, ValueEnum};
 pub use crate::telemetry::LogFormat;
 use crate::{
     auth::AuthnConfig,
-    cluster::RateLimit,
     backend::prometheus,
+    cluster::RateLimit,
     rules::promql::InRegex,
     server::{self, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUESTS_INFLIGHT},
 };

@@ -6,8 +6,8 @@ use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
 use super::{Error, Pipeline};
 use crate::{
-    objects::{ObjectRef, ResourceInfo, Resources},
     backend::Sample,
+    objects::{ObjectRef, ResourceInfo, Resources},
     quantity,
     rules::{self, Discovery, MetricEntry, Query, QueryRequest},
     selector::Selector,

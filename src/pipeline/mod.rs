@@ -17,8 +17,8 @@ use std::{
 use arc_swap::ArcSwap;
 
 use crate::{
-    objects::{ObjectSource, SharedResources},
     backend::{self, MetricsBackend},
+    objects::{ObjectSource, SharedResources},
     rules::{Discovery, RuleSet},
     telemetry::Metrics,
 };

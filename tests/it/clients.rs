@@ -10,11 +10,9 @@ use tokio::{
 
 use crate::support::*;
 
-const SEED: &str = "/apis/custom-metrics.metrics.k8s.io/v1beta1/namespaces/default/services/sample-metrics-app/http_requests";
-
 #[tokio::test]
 async fn curl_gets_the_seed_answer_over_http2_and_reuses_connections() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let output = Command::new("curl")
         .args(["-sSk", "--http2", "-w", "\n%{http_version} %{http_code}"])
         .arg(adapter.url(SEED))
@@ -56,7 +54,7 @@ async fn curl_gets_the_seed_answer_over_http2_and_reuses_connections() {
 
 #[tokio::test]
 async fn kubectl_get_raw_reads_values_and_errors() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -132,7 +130,7 @@ async fn slow_prometheus(delay: Duration) -> std::net::SocketAddr {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let slow = slow_prometheus(Duration::from_millis(1500)).await;
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         query_url: Some(format!("http://{slow}")),
         ..Default::default()
     })

@@ -6,72 +6,16 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::Value;
 
 use crate::{
     fake_kube::{ADAPTER_USER, FakeKube, Review, ReviewFault},
-    serving::urlencode,
     support::*,
 };
 
-const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
-const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests";
-
-/// A CA that issues client (and serving) certificates.
-pub(crate) struct Ca {
-    pub(crate) pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    pub(crate) fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A serving certificate for `names` and its key (PEM each).
-    pub(crate) fn server(&self, names: &[&str]) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let params = CertificateParams::new(names).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A client certificate and key (PEM, concatenated as reqwest's Identity wants them).
-    pub(crate) fn client(&self, common_name: &str, organizations: &[&str]) -> Vec<u8> {
-        self.client_with(common_name, organizations, |_| {})
-    }
-
-    /// [`Ca::client`] with `adjust` applied to the certificate's parameters first.
-    pub(crate) fn client_with(
-        &self,
-        common_name: &str,
-        organizations: &[&str],
-        adjust: impl FnOnce(&mut CertificateParams),
-    ) -> Vec<u8> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, common_name);
-        for organization in organizations {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, *organization);
-        }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        adjust(&mut params);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        format!("{}{}", cert.pem(), key.serialize_pem()).into_bytes()
-    }
-}
+pub(crate) const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
+pub(crate) const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests";
 
 pub(crate) struct Cluster {
     pub(crate) fake: FakeKube,
@@ -108,13 +52,7 @@ impl Cluster {
 
     /// An HTTPS client presenting `identity` (a client certificate), if any.
     pub(crate) fn client(identity: Option<&[u8]>) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(20));
-        if let Some(pem) = identity {
-            builder = builder.identity(reqwest::Identity::from_pem(pem).unwrap());
-        }
-        builder.build().unwrap()
+        https_client(identity, Duration::from_secs(20))
     }
 
     pub(crate) async fn get(
@@ -127,8 +65,8 @@ impl Cluster {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
+        let (status, _, body) = send(request).await;
+        (status, body)
     }
 
     /// The front proxy's client certificate and key.
@@ -138,7 +76,7 @@ impl Cluster {
 
     /// What the front proxy sends for the HPA controller.
     pub(crate) async fn as_hpa(&self, path: &str) -> (u16, String) {
-        let client = Cluster::client(Some(&self.front_proxy_ca.client("front-proxy-client", &[])));
+        let client = Cluster::client(Some(&self.front_proxy_client()));
         self.get(
             &client,
             path,
@@ -194,7 +132,7 @@ async fn start_cluster_full(
     extra_args: &[&str],
     configure: impl FnOnce(&mut custom_metrics_adapter::config::Args, &std::path::Path),
 ) -> Cluster {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    install_crypto_provider();
     let fake = FakeKube::start().await;
     fake.upsert_namespace("default", &[]);
     fake.upsert_namespace("staging", &[]);
@@ -265,46 +203,8 @@ async fn start_cluster_full(
         return cluster;
     }
     // Ready once the caches synced and metrics were discovered.
-    let anonymous = Cluster::client(None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    loop {
-        if let Ok(response) = anonymous.get(cluster.url("/readyz")).send().await {
-            if response.status().as_u16() == 200 {
-                break;
-            }
-            last = response.text().await.unwrap_or_default();
-        }
-        assert!(Instant::now() < deadline, "adapter not ready within 30 s: {last}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::support::wait_ready(&cluster.url("/readyz"), Duration::from_secs(30)).await;
     cluster
-}
-
-/// Polls `check` every 50 ms for up to `within`; returns whether it became true.
-pub(crate) async fn eventually<F: AsyncFnMut() -> bool>(within: Duration, mut check: F) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    check().await
-}
-
-pub(crate) fn item_names(body: &str) -> Vec<String> {
-    let list: Value = serde_json::from_str(body).unwrap_or_default();
-    let items = list["items"].as_array().cloned().unwrap_or_default();
-    items
-        .iter()
-        .filter_map(|i| i["describedObject"]["name"].as_str().map(str::to_owned))
-        .collect()
-}
-
-pub(crate) fn message(body: &str) -> String {
-    let status: Value = serde_json::from_str(body).unwrap_or_default();
-    status["message"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]
@@ -541,7 +441,7 @@ async fn a_resource_added_after_start_is_found_without_a_restart() {
     })
     .await;
     let (status, body) = cluster.as_hpa(path).await;
-    let aggregator = Cluster::client(Some(&cluster.front_proxy_ca.client("front-proxy-client", &[])));
+    let aggregator = Cluster::client(Some(&cluster.front_proxy_client()));
     let masters = [
         ("X-Remote-User", "system:kube-aggregator"),
         ("X-Remote-Group", "system:masters"),
@@ -638,7 +538,7 @@ fn job_rules(args: &mut custom_metrics_adapter::config::Args, dir: &std::path::P
 impl Cluster {
     /// What the aggregator (system:masters) gets.
     async fn as_aggregator(&self, path: &str) -> (u16, String) {
-        let aggregator = Cluster::client(Some(&self.front_proxy_ca.client("front-proxy-client", &[])));
+        let aggregator = Cluster::client(Some(&self.front_proxy_client()));
         let masters = [
             ("X-Remote-User", "system:kube-aggregator"),
             ("X-Remote-Group", "system:masters"),
@@ -786,20 +686,13 @@ fn reviewed(fake: &FakeKube) -> Vec<[String; 4]> {
 /// The front proxy's request for the HPA, as a real aggregator sends it (protobuf first in
 /// Accept, the user's UID too).
 fn hpa_request(cluster: &Cluster, path: &str) -> reqwest::RequestBuilder {
-    Cluster::client(Some(&cluster.front_proxy_ca.client("front-proxy-client", &[])))
+    Cluster::client(Some(&cluster.front_proxy_client()))
         .get(cluster.url(path))
         .header("Accept", "application/vnd.kubernetes.protobuf, */*")
         .header("X-Remote-User", HPA_USER)
         .header("X-Remote-Group", "system:serviceaccounts")
         .header("X-Remote-Group", "system:authenticated")
         .header("X-Remote-Uid", "uid-of-the-hpa")
-}
-
-/// Status, headers and body.
-async fn send(request: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, String) {
-    let response = request.send().await.unwrap();
-    let (status, headers) = (response.status().as_u16(), response.headers().clone());
-    (status, headers, response.text().await.unwrap())
 }
 
 #[tokio::test]

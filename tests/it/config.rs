@@ -4,7 +4,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use clap::Parser;
-use custom_metrics_adapter::{app::State, backend::prometheus::Client, rules::config};
+use custom_metrics_adapter::rules::config;
 
 use crate::support::*;
 
@@ -131,14 +131,7 @@ async fn config_reloads_keep_the_old_rules_when_the_new_file_is_bad() {
     let per_second =
         "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/http_requests_per_second";
     let rate = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/http_requests_rate";
-    let mut ready = false;
-    for _ in 0..100 {
-        if get(per_second).await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = eventually(Duration::from_secs(10), async || get(per_second).await.0 == 200).await;
     assert!(
         ready,
         "the configured metric is served: {:?}",
@@ -156,18 +149,13 @@ async fn config_reloads_keep_the_old_rules_when_the_new_file_is_bad() {
         2,
         "rules:\n- seriesQuery: 'x'\n  metricsQuery: '<<.Series'\n",
     );
-    let mut failed = false;
-    for _ in 0..150 {
-        if get("/metrics")
+    let failed = eventually(Duration::from_secs(15), async || {
+        get("/metrics")
             .await
             .1
             .contains("custom_metrics_adapter_config_last_reload_successful 0")
-        {
-            failed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     assert!(failed, "the failed reload shows in /metrics");
     assert_eq!(get(per_second).await.0, 200, "the previous rules still serve");
 
@@ -177,14 +165,7 @@ async fn config_reloads_keep_the_old_rules_when_the_new_file_is_bad() {
         3,
         &WALKTHROUGH.replace("${1}_per_second", "${1}_rate"),
     );
-    let mut swapped = false;
-    for _ in 0..150 {
-        if get(rate).await.0 == 200 {
-            swapped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let swapped = eventually(Duration::from_secs(15), async || get(rate).await.0 == 200).await;
     assert!(swapped, "the new rules apply: {:?}", get(rate).await);
     assert_eq!(get(per_second).await.0, 404, "the old name is gone");
     let (_, body) = get("/metrics").await;
@@ -208,14 +189,17 @@ async fn a_series_query_prometheus_rejects_does_not_hide_the_others() {
     let text = WALKTHROUGH.replace("externalRules:\n", &format!("{broken}externalRules:\n"));
     let set = config::parse(&text, "test.yaml").unwrap().rule_set().unwrap();
     assert_eq!((set.custom.len(), set.external.len()), (2, 1));
-    let client = Client::new(&client_config(&env().prometheus_url, Duration::from_secs(10))).unwrap();
-    let state = State::new(set, std::sync::Arc::new(client), None, Duration::from_secs(60));
-    let count = state.relist().await.expect("one good query is enough");
-    let discovery = state.discovery.load();
-    let names: Vec<&str> = discovery.iter().map(|(metric, _)| metric).collect();
-    assert!(names.contains(&"http_requests_per_second"), "{names:?} ({count})");
-    assert!(discovery.external("queue_depth").is_some());
-    let body = state.metrics.encode();
+    let adapter = TestAdapter::start(AdapterOptions {
+        rules_yaml: Some(text),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1").await;
+    assert_eq!(status, 200, "ready after one good query: {body}");
+    assert!(body.contains("pods/http_requests_per_second"), "{body}");
+    let (_, body) = get(&adapter, "/apis/external.metrics.k8s.io/v1beta1").await;
+    assert!(body.contains("queue_depth"), "{body}");
+    let (_, body) = get(&adapter, "/metrics").await;
     assert!(
         body.contains("custom_metrics_adapter_relist_failures_total 1"),
         "{body}"

@@ -119,7 +119,7 @@ async fn closed_within(stream: &mut TlsStream<TcpStream>, bound: Duration) -> Op
 
 #[tokio::test]
 async fn http1_connections_that_send_no_request_are_closed() {
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         server: Some(short_timers()),
         ..Default::default()
     })
@@ -153,7 +153,7 @@ async fn http1_connections_that_send_no_request_are_closed() {
 
 #[tokio::test]
 async fn http2_connections_without_open_streams_are_closed() {
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         server: Some(short_timers()),
         ..Default::default()
     })
@@ -209,7 +209,7 @@ const SEED: &str =
 #[tokio::test]
 async fn requests_past_max_requests_inflight_get_429_while_probes_answer() {
     let (prometheus, accepted) = hanging_prometheus();
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         query_url: Some(prometheus),
         timeout: Some(Duration::from_secs(4)),
         server: Some(custom_metrics_adapter::server::Options {
@@ -219,21 +219,14 @@ async fn requests_past_max_requests_inflight_get_429_while_probes_answer() {
         ..Default::default()
     })
     .await;
-    let client = reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = https_client(None, Duration::from_secs(10));
     let url = adapter.url(SEED);
     let slow = tokio::spawn(client.get(&url).send());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while accepted.load(Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never reached Prometheus"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reached = eventually(Duration::from_secs(10), async || {
+        accepted.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(reached, "the slow request never reached Prometheus");
 
     let response = client.get(&url).send().await.expect("an answer, not a wait");
     assert_eq!(response.status(), 429);
@@ -258,7 +251,7 @@ async fn requests_past_max_requests_inflight_get_429_while_probes_answer() {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_its_response_loses_its_place() {
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         server: Some(custom_metrics_adapter::server::Options {
             max_requests_inflight: 1,
             request_timeout: Duration::from_secs(2),
@@ -296,17 +289,11 @@ async fn a_client_that_does_not_read_its_response_loses_its_place() {
 
 #[tokio::test]
 async fn past_max_connections_new_clients_wait_and_open_ones_are_served() {
-    let dir = tempfile::tempdir().unwrap();
-    let objects = dir.path().join("objects.yaml");
-    std::fs::write(&objects, OBJECTS_YAML).unwrap();
-    let objects = objects.display().to_string();
-    let served = Served::start(&[
-        "--objects-file",
-        &objects,
-        "--insecure-allow-anonymous",
-        "--max-connections",
-        "3",
-    ])
+    let served = TestAdapter::start(AdapterOptions {
+        objects_yaml: Some(OBJECTS_YAML.into()),
+        flags: vec!["--max-connections".into(), "3".into()],
+        ..Default::default()
+    })
     .await;
     // One keep-alive client (its connection stays open between requests) and two silent ones.
     let open_client = https();
@@ -359,12 +346,11 @@ async fn an_ip_address_as_tls_server_name_gets_the_default_certificate_quietly()
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let readyz = format!("https://127.0.0.1:{port}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !https().get(&readyz).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "the adapter did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(
+        &format!("https://127.0.0.1:{port}/readyz"),
+        Duration::from_secs(30),
+    )
+    .await;
 
     // OpenSSL sends an IP address as server name when told to (Go's and Apple's clients too).
     for _ in 0..3 {
@@ -383,16 +369,7 @@ async fn an_ip_address_as_tls_server_name_gets_the_default_certificate_quietly()
         assert!(text.contains("CONNECTION ESTABLISHED"), "{text}");
     }
 
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = terminate(child).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     let warnings: Vec<&str> = stderr
         .lines()

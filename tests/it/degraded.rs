@@ -6,13 +6,10 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    cluster::{Cluster, eventually, item_names, start_cluster_args, start_cluster_with},
+    cluster::{Cluster, HPA_USER, PODS, start_cluster_args, start_cluster_with},
     fake_kube::{ADAPTER_USER, FakeKube},
-    support::{env, free_port},
+    support::{env, eventually, free_port, item_names},
 };
-
-const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-pod-autoscaler";
-const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests";
 
 /// The aggregated APIs of this adapter (all down before its first replica is ready) and one of
 /// another vendor's: five unavailable group/versions.

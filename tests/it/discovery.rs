@@ -6,7 +6,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn discovery_documents() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     for (path, golden) in [
         ("/apis", "apis"),
         ("/apis/custom.metrics.k8s.io", "group_custom"),
@@ -53,8 +53,16 @@ async fn discovery_documents() {
 
 #[tokio::test]
 async fn empty_discovery_is_an_empty_array() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
-    adapter.state.discovery.store(Default::default());
+    // A rule whose series query matches nothing: discovery succeeds and finds no metric.
+    let adapter = TestAdapter::start(AdapterOptions {
+        rules_yaml: Some(
+            "rules:\n- seriesQuery: '{__name__=\"no_such_series\"}'\n  resources: {template: '<<.Resource>>'}\n  \
+             metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'\n"
+                .into(),
+        ),
+        ..Default::default()
+    })
+    .await;
     let (status, body) = get(&adapter, "/apis/custom.metrics.k8s.io/v1beta1").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -65,15 +73,19 @@ async fn empty_discovery_is_an_empty_array() {
 
 #[tokio::test]
 async fn health_version_and_openapi() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     for path in ["/healthz", "/livez", "/readyz"] {
         assert_eq!(get(&adapter, path).await, (200, "ok".to_owned()), "{path}");
     }
-    adapter
-        .state
-        .relisted
-        .store(false, std::sync::atomic::Ordering::Release);
-    let (status, body) = get(&adapter, "/readyz").await;
+    // Without a reachable Prometheus no relist succeeds: alive, not ready, and saying why.
+    let unreachable = TestAdapter::start(AdapterOptions {
+        flags: vec![format!("--prometheus-url=http://127.0.0.1:{}", free_port())],
+        unready: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(get(&unreachable, "/healthz").await, (200, "ok".to_owned()));
+    let (status, body) = get(&unreachable, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("[-]metric-discovery failed"), "{body}");
 

@@ -2,14 +2,9 @@
 //! the Helm chart's default rules file, against a cluster (the fake API server, found through
 //! `KUBECONFIG` as in-cluster config would be) and the real Prometheus.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{process::Stdio, time::Duration};
 
-use serde_json::Value;
-
-use crate::{fake_kube::FakeKube, support::*};
+use crate::{cluster::HPA_USER, fake_kube::FakeKube, support::*};
 
 /// The Helm chart's `rules.default: true` rendering (prometheus-community/prometheus-adapter).
 const HELM_DEFAULT_RULES: &str = include_str!("testdata/helm-default-rules.yaml");
@@ -27,17 +22,8 @@ async fn prometheus_adapter_args_and_helm_rules_work_unchanged() {
     }
     fake.upsert_service("default", "sample-metrics-app", &[("app", "sample-metrics-app")]);
     fake.set_auth_configmap(&[]);
-    fake.add_token(
-        "token-of-hpa",
-        "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
-        &[],
-    );
-    fake.allow(
-        "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
-        "get",
-        "custom.metrics.k8s.io",
-        "*",
-    );
+    fake.add_token("token-of-hpa", HPA_USER, &[]);
+    fake.allow(HPA_USER, "get", "custom.metrics.k8s.io", "*");
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.write_kubeconfig(dir.path());
@@ -69,19 +55,8 @@ async fn prometheus_adapter_args_and_helm_rules_work_unchanged() {
 
     let client = https();
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(url("/readyz")).send().await
-            && response.status().as_u16() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the adapter did not become ready with prometheus-adapter's args"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Not ready within the bound: the adapter does not take prometheus-adapter's args.
+    wait_ready(&url("/readyz"), Duration::from_secs(30)).await;
     let path = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests?labelSelector=app%3Dsample-metrics-app";
     let response = client
         .get(url(path))
@@ -92,36 +67,22 @@ async fn prometheus_adapter_args_and_helm_rules_work_unchanged() {
     let status = response.status().as_u16();
     let body = response.text().await.unwrap();
     assert_eq!(status, 200, "{body}");
-    let list: Value = serde_json::from_str(&body).unwrap();
-    let items = list["items"].as_array().unwrap();
-    let names: Vec<&str> = items
-        .iter()
-        .map(|i| i["describedObject"]["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        item_names(&body),
         [
             "sample-metrics-app-0",
             "sample-metrics-app-1",
             "sample-metrics-app-2"
         ]
     );
-    let total: f64 = items.iter().map(|i| quantity(i["value"].as_str().unwrap())).sum();
+    let total: f64 = items(&body)
+        .iter()
+        .map(|i| quantity(i["value"].as_str().unwrap()))
+        .sum();
     assert_close(total, SEED_SERVICE_RATE, "5m rate summed over the HPA's pods");
 
     // SIGTERM: a graceful exit, and the generic flags were accepted and reported as ignored.
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = terminate(child).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),

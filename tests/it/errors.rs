@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{serving::urlencode, support::*};
+use crate::support::*;
 
 const P: &str = "/apis/custom.metrics.k8s.io/v1beta1";
 
 /// GETs `path`, checks it is a Failure Status with `code` and `reason` whose message contains
 /// every text of `says`, and returns the body.
-async fn expect_error(adapter: &Adapter, path: &str, code: u16, reason: &str, says: &[&str]) -> String {
+async fn expect_error(adapter: &TestAdapter, path: &str, code: u16, reason: &str, says: &[&str]) -> String {
     let (got, body) = get(adapter, path).await;
     let status: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: not JSON: {body}"));
     assert_eq!(
@@ -43,7 +43,7 @@ fn with_selector(path: &str, param: &str, selector: &str) -> String {
 
 #[tokio::test]
 async fn metric_not_discovered_names_the_closest_metric() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let body = expect_error(
         &adapter,
         &format!("{P}/namespaces/default/pods/*/http_request"),
@@ -79,8 +79,8 @@ async fn metric_not_discovered_names_the_closest_metric() {
 
 #[tokio::test]
 async fn selector_matching_no_objects_and_objects_without_samples() {
-    let adapter = start_adapter(AdapterOptions {
-        objects_yaml: Some(OBJECTS_YAML),
+    let adapter = TestAdapter::start(AdapterOptions {
+        objects_yaml: Some(OBJECTS_YAML.into()),
         ..Default::default()
     })
     .await;
@@ -124,7 +124,7 @@ async fn selector_matching_no_objects_and_objects_without_samples() {
 
 #[tokio::test]
 async fn samples_that_are_not_numbers_are_never_served() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let path = format!("{P}/namespaces/default/pods/worker-0/temperature_celsius");
     expect_error(&adapter, &path, 404, "NotFound", &["was not a number", "NaN"]).await;
     // 1e20 does not fit an int64 of milli-units.
@@ -138,8 +138,8 @@ async fn samples_that_are_not_numbers_are_never_served() {
 
 #[tokio::test]
 async fn bad_selectors_are_400() {
-    let adapter = start_adapter(AdapterOptions {
-        objects_yaml: Some(OBJECTS_YAML),
+    let adapter = TestAdapter::start(AdapterOptions {
+        objects_yaml: Some(OBJECTS_YAML.into()),
         ..Default::default()
     })
     .await;
@@ -166,7 +166,7 @@ async fn bad_selectors_are_400() {
 
 #[tokio::test]
 async fn label_selector_without_an_object_source_is_refused_clearly() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let path = with_selector(
         "/namespaces/default/pods/*/http_requests",
         "labelSelector",
@@ -184,7 +184,7 @@ async fn prometheus_unreachable_is_503_and_timeout_is_504() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         query_url: Some(format!("http://{closed}")),
         ..Default::default()
     })
@@ -206,7 +206,7 @@ async fn prometheus_unreachable_is_503_and_timeout_is_504() {
             held.push(stream);
         }
     });
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         query_url: Some(format!("http://{silent_addr}")),
         timeout: Some(Duration::from_millis(500)),
         ..Default::default()
@@ -227,7 +227,7 @@ async fn prometheus_unreachable_is_503_and_timeout_is_504() {
 async fn prometheus_rejecting_the_query_is_500() {
     // Prometheus answers unknown paths with its 404 page, which is not its API's JSON.
     let query_url = Some(format!("{}/no-such-prefix", env().prometheus_url));
-    let adapter = start_adapter(AdapterOptions {
+    let adapter = TestAdapter::start(AdapterOptions {
         query_url,
         ..Default::default()
     })
@@ -239,7 +239,7 @@ async fn prometheus_rejecting_the_query_is_500() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     for path in [
         "/apis/no.such.group",
         "/apis/custom.metrics.k8s.io/v9",
@@ -264,7 +264,7 @@ async fn unknown_routes_and_methods() {
 
 #[tokio::test]
 async fn malformed_paths_and_queries_are_statuses() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     // Percent-encodings that are not UTF-8, in the path and in the query.
     for path in [
         format!("{P}/namespaces/%FF/pods/*/http_requests"),
@@ -352,7 +352,7 @@ fn fuzzed_paths(count: usize) -> Vec<String> {
 
 #[tokio::test]
 async fn every_error_answer_to_fuzzed_paths_is_a_status() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let client = https();
     let mut checked = 0;
     for path in fuzzed_paths(1500) {

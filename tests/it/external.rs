@@ -1,70 +1,48 @@
 //! external.metrics.k8s.io from external rules, against the real Prometheus.
 
-use std::collections::BTreeMap;
-
-use custom_metrics_adapter::rules::{ResourceMapping, Rule, RuleSet, default_rules};
 use serde_json::Value;
 
-use crate::{serving::urlencode, support::*};
+use crate::support::*;
 
 const E: &str = "/apis/external.metrics.k8s.io/v1beta1";
 
 /// A namespaced external rule over `queue_depth`, and a cluster-wide one over every `_total` counter.
-fn rules() -> RuleSet {
-    let namespace_label = ResourceMapping {
-        overrides: BTreeMap::from([("namespace".to_owned(), "namespace".to_owned())]),
-        ..ResourceMapping::default()
-    };
-    let cluster_wide = ResourceMapping {
-        namespaced: Some(false),
-        ..namespace_label.clone()
-    };
-    let external = vec![
-        Rule::new(
-            0,
-            r#"{__name__="queue_depth"}"#,
-            vec![],
-            None,
-            None,
-            namespace_label,
-            "sum(<<.Series>>{<<.LabelMatchers>>}) by (pod)",
-        )
-        .unwrap(),
-        Rule::new(
-            1,
-            r#"{__name__=~".*_total",namespace!=""}"#,
-            vec![],
-            Some("^(.*)_total$"),
-            Some("${1}_across_cluster"),
-            cluster_wide,
-            "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m]))",
-        )
-        .unwrap(),
-    ];
-    RuleSet {
-        custom: default_rules("2m").unwrap(),
-        external,
-        resource: None,
-    }
-}
+const RULES: &str = r#"
+externalRules:
+- seriesQuery: '{__name__="queue_depth"}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+  metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (pod)'
+- seriesQuery: '{__name__=~".*_total",namespace!=""}'
+  resources:
+    namespaced: false
+    overrides:
+      namespace: {resource: namespace}
+  name:
+    matches: '^(.*)_total$'
+    as: '${1}_across_cluster'
+  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m]))'
+"#;
 
-fn items(body: &str) -> Vec<Value> {
+/// The items of an ExternalMetricValueList.
+fn external_items(body: &str) -> Vec<Value> {
     let list: Value = serde_json::from_str(body).unwrap();
     assert_eq!(list["kind"], "ExternalMetricValueList", "{body}");
-    list["items"].as_array().unwrap().clone()
+    items(body)
 }
 
 #[tokio::test]
 async fn external_metrics_by_namespace_and_metric_labels() {
-    let adapter = start_adapter(AdapterOptions {
-        rules: Some(rules()),
+    let adapter = TestAdapter::start(AdapterOptions {
+        rules_yaml: Some(RULES.into()),
         ..Default::default()
     })
     .await;
     let (status, body) = get(&adapter, &format!("{E}/namespaces/default/queue_depth")).await;
     assert_eq!(status, 200, "{body}");
     assert_golden("external_queue_depth", &body);
-    let got = items(&body);
+    let got = external_items(&body);
     assert_eq!(
         (got.len(), &got[0]["metricLabels"], &got[0]["value"]),
         (1, &serde_json::json!({"pod": "worker-0"}), &Value::from("42"))
@@ -91,15 +69,15 @@ async fn external_metrics_by_namespace_and_metric_labels() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    let value = quantity(items(&body)[0]["value"].as_str().unwrap());
+    let value = quantity(external_items(&body)[0]["value"].as_str().unwrap());
     assert_close(value, SEED_SERVICE_RATE + 3.0 + 1.0 + 7.0, "cluster-wide rate");
-    assert_eq!(items(&body)[0]["metricLabels"], serde_json::json!({}));
+    assert_eq!(external_items(&body)[0]["metricLabels"], serde_json::json!({}));
 }
 
 #[tokio::test]
 async fn external_discovery_and_errors() {
-    let adapter = start_adapter(AdapterOptions {
-        rules: Some(rules()),
+    let adapter = TestAdapter::start(AdapterOptions {
+        rules_yaml: Some(RULES.into()),
         ..Default::default()
     })
     .await;
@@ -119,7 +97,7 @@ async fn external_discovery_and_errors() {
     assert_eq!(status, 404, "root-scoped external paths do not exist");
 
     // Without external rules the group is still served, empty, so its APIService stays available.
-    let plain = start_adapter(AdapterOptions::default()).await;
+    let plain = TestAdapter::start(AdapterOptions::default()).await;
     assert_eq!(
         get(&plain, &format!("{E}/namespaces/default/queue_depth"))
             .await

@@ -22,7 +22,7 @@ use custom_metrics_adapter::backend::prometheus::ClientConfig;
 use futures::StreamExt as _;
 use serde_json::Value;
 
-use crate::{cluster::Ca, support::*};
+use crate::support::*;
 
 const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/*/http_requests";
 const SECRET: &str = "SECRET-7f3a9c";
@@ -114,10 +114,10 @@ impl FakePrometheus {
     }
 
     /// An adapter whose queries go to this fake with `configure`d client settings.
-    async fn adapter(&self, configure: impl FnOnce(&mut ClientConfig)) -> Adapter {
+    async fn adapter(&self, configure: impl FnOnce(&mut ClientConfig)) -> TestAdapter {
         let mut config = client_config(&self.url, Duration::from_secs(10));
         configure(&mut config);
-        start_adapter(AdapterOptions {
+        TestAdapter::start(AdapterOptions {
             query_client: Some(config),
             ..Default::default()
         })
@@ -241,14 +241,12 @@ fn large(bytes: usize, declared: bool, sent: Arc<AtomicU64>) -> Response {
 }
 
 /// GETs `path` and returns the status, the Retry-After header and the body.
-async fn get_with_headers(adapter: &Adapter, path: &str) -> (u16, Option<String>, String) {
-    let response = https().get(adapter.url(path)).send().await.expect("request");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
+async fn get_with_headers(adapter: &TestAdapter, path: &str) -> (u16, Option<String>, String) {
+    let (status, headers, body) = send(https().get(adapter.url(path))).await;
+    let retry_after = headers
         .get(header::RETRY_AFTER)
         .map(|v| v.to_str().unwrap().to_owned());
-    (status, retry_after, response.text().await.expect("body"))
+    (status, retry_after, body)
 }
 
 fn status_of(body: &str) -> Value {
@@ -367,7 +365,7 @@ async fn prometheus_error_bodies_and_urls_never_reach_the_caller() {
 
 /// Runs 48 requests from 6 workers; after the first 16 have finished, `rotate` runs. Returns the
 /// failed requests' statuses and bodies.
-async fn load_while(adapter: &Adapter, rotate: impl AsyncFnOnce()) -> Vec<(u16, String)> {
+async fn load_while(adapter: &TestAdapter, rotate: impl AsyncFnOnce()) -> Vec<(u16, String)> {
     let done = Arc::new(AtomicUsize::new(0));
     let url = adapter.url(PODS);
     let workers: Vec<_> = (0..6)
@@ -457,7 +455,7 @@ fn write(path: &Path, text: &str) {
 
 #[tokio::test]
 async fn a_rotated_ca_bundle_is_picked_up_without_failed_requests() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    install_crypto_provider();
     let (old_ca, new_ca) = (Ca::new("prometheus-ca-1"), Ca::new("prometheus-ca-2"));
     let old_cert = old_ca.server(&["127.0.0.1"]);
     let new_cert = new_ca.server(&["127.0.0.1"]);
@@ -482,7 +480,7 @@ async fn a_rotated_ca_bundle_is_picked_up_without_failed_requests() {
 
 #[tokio::test]
 async fn a_rotated_client_certificate_is_picked_up_without_failed_requests() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    install_crypto_provider();
     let serving_ca = Ca::new("prometheus-serving");
     let serving = serving_ca.server(&["127.0.0.1"]);
     let (old_ca, new_ca) = (Ca::new("clients-1"), Ca::new("clients-2"));

@@ -1300,7 +1300,7 @@ fn gen_certs_issues_a_serving_cert_and_fills_in_the_ca_bundle() {
         );
     }
     // The adapter loads the pair as --tls-cert-file/--tls-private-key-file.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    crate::support::install_crypto_provider();
     if let Err(e) = TlsSource::from_files(&file("tls.crt"), &file("tls.key"), true) {
         panic!("the adapter refuses the certificate of hack/gen-certs.sh: {e}");
     }

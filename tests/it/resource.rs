@@ -47,26 +47,15 @@ fn assert_irate_close(actual: f64, expected: f64, what: &str) {
     );
 }
 
-async fn start() -> (Served, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let objects = dir.path().join("objects.yaml");
-    std::fs::write(
-        &objects,
-        format!("{OBJECTS_YAML}nodes:\n  - {{name: node-1}}\n  - {{name: node-2}}\n"),
-    )
-    .unwrap();
-    let (config, objects) = (config.display().to_string(), objects.display().to_string());
-    let served = Served::start(&[
-        "--config",
-        &config,
-        "--objects-file",
-        &objects,
-        "--insecure-allow-anonymous",
-    ])
-    .await;
-    (served, dir)
+async fn start() -> TestAdapter {
+    TestAdapter::start(AdapterOptions {
+        rules_yaml: Some(CONFIG.into()),
+        objects_yaml: Some(format!(
+            "{OBJECTS_YAML}nodes:\n  - {{name: node-1}}\n  - {{name: node-2}}\n"
+        )),
+        ..Default::default()
+    })
+    .await
 }
 
 fn usage(item: &Value) -> (f64, f64) {
@@ -77,12 +66,11 @@ fn usage(item: &Value) -> (f64, f64) {
 
 #[tokio::test]
 async fn pod_metrics_per_container() {
-    let (adapter, _dir) = start().await;
+    let adapter = start().await;
     let (status, body) = adapter.get(&format!("{M}/namespaces/default/pods")).await;
     assert_eq!(status, 200, "{body}");
     assert_golden("pod_metrics_list", &body);
-    let list: Value = serde_json::from_str(&body).unwrap();
-    let items = list["items"].as_array().unwrap();
+    let items = items(&body);
     // worker-0 has cpu but no memory samples: left out, as prometheus-adapter does.
     assert_eq!(items.len(), 1, "{body}");
     assert_eq!(
@@ -128,12 +116,11 @@ async fn pod_metrics_per_container() {
 
 #[tokio::test]
 async fn node_metrics_and_discovery() {
-    let (adapter, _dir) = start().await;
+    let adapter = start().await;
     let (status, body) = adapter.get(&format!("{M}/nodes")).await;
     assert_eq!(status, 200, "{body}");
     assert_golden("node_metrics_list", &body);
-    let list: Value = serde_json::from_str(&body).unwrap();
-    let items = list["items"].as_array().unwrap();
+    let items = items(&body);
     assert_eq!(items.len(), 1, "node-2 has no memory sample: {body}");
     assert_eq!(items[0]["usage"]["memory"], "2Gi");
     assert_irate_close(usage(&items[0]).0, 1.25, "node cpu");
@@ -155,7 +142,8 @@ async fn node_metrics_and_discovery() {
 
 #[tokio::test]
 async fn kubectl_top_reads_pods_and_nodes() {
-    let (adapter, dir) = start().await;
+    let adapter = start().await;
+    let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,

@@ -4,13 +4,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-const SEED: &str = "/apis/custom-metrics.metrics.k8s.io/v1beta1/namespaces/default/services/sample-metrics-app/http_requests";
-
-fn items(body: &str) -> Vec<Value> {
-    let list: Value = serde_json::from_str(body).expect("JSON body");
-    list["items"].as_array().expect("items array").clone()
-}
-
 /// (namespace, name, value) of each item.
 fn values(body: &str) -> Vec<(String, String, f64)> {
     items(body)
@@ -28,7 +21,7 @@ fn values(body: &str) -> Vec<(String, String, f64)> {
 
 #[tokio::test]
 async fn seed_service_request_returns_the_true_rate() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let (status, body) = get(&adapter, SEED).await;
     assert_eq!(status, 200, "{body}");
     assert_golden("seed_service_v1beta1", &body);
@@ -59,7 +52,7 @@ async fn seed_service_request_returns_the_true_rate() {
 
 #[tokio::test]
 async fn every_group_version_serves_the_same_value() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     for (group_version, golden) in [
         ("custom.metrics.k8s.io/v1beta1", "seed_service_custom_v1beta1"),
         ("custom.metrics.k8s.io/v1beta2", "seed_service_custom_v1beta2"),
@@ -81,7 +74,7 @@ async fn every_group_version_serves_the_same_value() {
 
 #[tokio::test]
 async fn pods_by_name_and_by_wildcard_without_an_object_source() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let (status, body) = get(
         &adapter,
         "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/sample-metrics-app-1/http_requests",
@@ -126,8 +119,8 @@ async fn pods_by_name_and_by_wildcard_without_an_object_source() {
 
 #[tokio::test]
 async fn label_selector_returns_exactly_the_matching_pods_with_samples() {
-    let adapter = start_adapter(AdapterOptions {
-        objects_yaml: Some(OBJECTS_YAML),
+    let adapter = TestAdapter::start(AdapterOptions {
+        objects_yaml: Some(OBJECTS_YAML.into()),
         ..Default::default()
     })
     .await;
@@ -185,7 +178,7 @@ async fn label_selector_returns_exactly_the_matching_pods_with_samples() {
 
 #[tokio::test]
 async fn metric_label_selector_filters_series_and_is_echoed() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     for (version, golden) in [
         ("v1beta1", "metric_selector_v1beta1"),
         ("v1beta2", "metric_selector_v1beta2"),
@@ -205,7 +198,7 @@ async fn metric_label_selector_filters_series_and_is_echoed() {
 
 #[tokio::test]
 async fn namespace_metrics_and_root_scoped_namespaces() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let (status, body) = get(
         &adapter,
         "/apis/custom.metrics.k8s.io/v1beta1/namespaces/staging/metrics/http_requests",
@@ -235,7 +228,7 @@ async fn namespace_metrics_and_root_scoped_namespaces() {
 
 #[tokio::test]
 async fn gauges_seconds_counters_and_resource_spellings() {
-    let adapter = start_adapter(AdapterOptions::default()).await;
+    let adapter = TestAdapter::start(AdapterOptions::default()).await;
     let (status, body) = get(
         &adapter,
         "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/worker-0/queue_depth",
@@ -284,13 +277,4 @@ async fn gauges_seconds_counters_and_resource_spellings() {
             .any(|(ns, name, _)| ns == "default" && name == "sample-metrics-app-0"),
         "{body}"
     );
-}
-
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
