@@ -7,8 +7,22 @@
 //! whole cluster), falls back to the legacy per-group documents fetched concurrently, skips and
 //! names the groups that fail, and never retries a failed group within one refresh.
 //!
-//! kube-rs' `Discovery` is not used: it fails as a whole when one group fails, queries groups one
-//! after another, and keeps neither singular nor short names, which paths and labels resolve by.
+//! From kube-rs this uses the aggregated discovery types and Accept header
+//! (`kube::core::discovery::v2`) and the client's legacy calls (`list_core_api_resources`,
+//! `list_api_groups`, `list_api_group_resources`). It does not use `kube::discovery`, because:
+//! - its `ApiResource`/`ApiCapabilities` keep neither singular nor short names, which request paths
+//!   (`pod`, `po`) and series labels (`pod`, `namespace`) resolve by, so neither `Discovery` nor
+//!   `oneshot::pinned_group` nor its document parsing can fill a [`ResourceInfo`];
+//! - `Discovery::run` fetches the groups one after another and returns the first group's error
+//!   (`?`), so one unavailable aggregated API fails discovery of the whole cluster; we fetch
+//!   [`CONCURRENT_GROUPS`] at once and skip and name the groups that fail;
+//! - `Discovery::run_aggregated` (and `Client::list_api_groups_aggregated`) decode the answer
+//!   straight into `APIGroupDiscoveryList`, whose `items` default to empty, so a server without
+//!   aggregated discovery (its legacy `APIGroupList` is the Accept header's last choice) reads as a
+//!   cluster with no groups; we check the `kind` and fall back to the legacy documents. A group
+//!   with no versions fails the whole run, and `Stale` groups are not reported;
+//! - neither bounds a request: the client has no read timeout by default, so a hung aggregated API
+//!   would hold discovery; every request here has [`REQUEST_TIMEOUT`].
 
 use std::{
     collections::BTreeMap,

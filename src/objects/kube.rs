@@ -4,6 +4,18 @@
 //! A resource RBAC does not let the adapter list and watch is "forbidden": its watch stops at the
 //! API server's 403 and looks again every [`ACCESS_RECHECK`] (so a later grant works without a
 //! restart), requests for it fail at once naming the permission, and it does not hold up readiness.
+//!
+//! The watch is kube-rs' `watcher` (relist, resume, backoff) on `Api<PartialObjectMeta<_>>`
+//! (metadata-only requests). The cache is ours, not kube's reflector `Store`, for three reasons:
+//! - memory: the `Store` keys each object by an `ObjectRef` (name, namespace, and empty resource
+//!   version and UID slots) and hands out only values (`state_filter`, `get`), so the value must
+//!   repeat name and namespace, behind one more `Arc` allocation. Measured with a counting
+//!   allocator on 10,000 pods (5 labels each): 970 bytes per object in `Store<Slim>` against
+//!   800 in this map, +21% (commit f5831e8 has that version; it passed the cluster tests);
+//! - a 403: `reflector()` owns its writer and the watcher retries a refused list with backoff
+//!   forever; we stop at the 403, empty the cache, and look again every [`ACCESS_RECHECK`];
+//! - readiness: `Store::wait_until_ready` fires once, cannot say "refused", and has no
+//!   synchronous query, which `/readyz` and `forbidden()` need; [`CacheState`] says all three.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -95,6 +107,26 @@ fn slim(object: PartialObjectMeta<DynamicObject>) -> (ObjectRef, Slim) {
             deleting: meta.deletion_timestamp.is_some(),
         },
     )
+}
+
+/// The objects of `objects` in `namespace` (every namespace when None) whose labels match
+/// `selector`, sorted. The one place a list is answered, so an index can replace the scan.
+fn select(
+    objects: &HashMap<ObjectRef, Slim>,
+    namespace: Option<&str>,
+    selector: &Selector,
+) -> Vec<ObjectRef> {
+    let mut refs: Vec<ObjectRef> = objects
+        .iter()
+        .filter(|(key, slim)| {
+            !slim.deleting
+                && (namespace.is_none() || key.namespace.as_deref() == namespace)
+                && selector.matches(&slim.labels)
+        })
+        .map(|(key, _)| key.clone())
+        .collect();
+    refs.sort();
+    refs
 }
 
 /// Objects of the cluster, behind the [`ObjectSource`] trait.
@@ -336,19 +368,7 @@ impl ObjectSource for KubeObjects {
         namespace: Option<&str>,
         selector: &Selector,
     ) -> Result<Vec<ObjectRef>> {
-        let mut refs: Vec<ObjectRef> = self.read(resource, |objects| {
-            objects
-                .iter()
-                .filter(|(key, slim)| {
-                    !slim.deleting
-                        && (namespace.is_none() || key.namespace.as_deref() == namespace)
-                        && selector.matches(&slim.labels)
-                })
-                .map(|(key, _)| key.clone())
-                .collect()
-        })?;
-        refs.sort();
-        Ok(refs)
+        self.read(resource, |objects| select(objects, namespace, selector))
     }
 
     fn exists(&self, resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> Result<bool> {
