@@ -322,7 +322,7 @@ impl State {
 pub fn load_rules(args: &Args) -> anyhow::Result<RuleSet> {
     let mut set = match &args.config {
         None => {
-            let custom = rules::default_rules(&crate::config::promql_duration(args.rate_interval))?;
+            let custom = rules::default_rules(&crate::duration::format_prometheus(args.rate_interval))?;
             RuleSet {
                 custom,
                 external: Vec::new(),

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod duration;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod objects;

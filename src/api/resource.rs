@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use axum::{
@@ -275,7 +275,7 @@ async fn nodes(
     let memory = by_key(&memory?, |s| {
         s.labels.get(&memory_label).map(|n| (n.to_owned(), String::new()))
     });
-    let window = go_duration(rules.window);
+    let window = crate::duration::format_go(rules.window);
     let mut items: Vec<NodeMetrics> = cpu
         .iter()
         .filter_map(|(key, (cpu, cpu_time))| {
@@ -410,7 +410,7 @@ async fn pods(
             .map(|o| (o.namespace.unwrap_or_default(), o.name))
             .collect()
     });
-    let window = go_duration(rules.window);
+    let window = crate::duration::format_go(rules.window);
     let items = per_pod
         .into_iter()
         .filter(|(key, _)| {
@@ -451,41 +451,4 @@ fn now() -> String {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     super::custom::format_timestamp(seconds)
-}
-
-/// Go's `time.Duration.String()`, as metav1.Duration serialises: `5m0s`, `30s`, `1h0m0s`, `1.5s`.
-pub fn go_duration(duration: Duration) -> String {
-    let total_ms = duration.as_millis();
-    if total_ms == 0 {
-        return "0s".to_owned();
-    }
-    let (hours, rest) = (total_ms / 3_600_000, total_ms % 3_600_000);
-    let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let seconds = if rest % 1000 == 0 {
-        format!("{}s", rest / 1000)
-    } else {
-        format!(
-            "{}s",
-            format!("{}.{:03}", rest / 1000, rest % 1000).trim_end_matches('0')
-        )
-    };
-    match (hours, minutes) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
-        assert_eq!(go_duration(Duration::from_secs(30)), "30s");
-        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
-        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(go_duration(Duration::ZERO), "0s");
-    }
 }

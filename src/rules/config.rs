@@ -480,7 +480,7 @@ impl Checker<'_> {
         for (label, gr) in raw.overrides.unwrap_or_default() {
             let field = format!("{path}.overrides.{label}");
             let line = gr.referenced.line();
-            if !is_label_name(&label) {
+            if !super::promql::is_label_name(&label) {
                 let message =
                     "is not a Prometheus label name (letters, digits and '_', not starting with a digit)";
                 return Err(self.invalid(line, &field, message));
@@ -551,10 +551,8 @@ impl Checker<'_> {
         let line = spanned.referenced.line();
         let raw = spanned.value;
         let window = match raw.window {
-            Some(w) => parse_duration(&w.value).ok_or_else(|| {
-                let message = format!("{:?} is not a Prometheus duration such as 5m or 1h30m", w.value);
-                self.invalid(w.referenced.line(), "resourceRules.window", message)
-            })?,
+            Some(w) => crate::duration::parse_prometheus(&w.value)
+                .map_err(|e| self.invalid(w.referenced.line(), "resourceRules.window", e.to_string()))?,
             None => Duration::ZERO,
         };
         let rule = |name: &str, raw: Option<Spanned<raw::ResourceRule>>| {
@@ -644,49 +642,6 @@ fn sample_request(kind: RuleKind, namespaced: bool) -> Sample {
         (RuleKind::External, true) => Sample::new(&[("namespace", "default")], &[]),
         (RuleKind::External, false) => Sample::new(&[], &[]),
     }
-}
-
-/// Whether `s` is a classic Prometheus label name, `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn is_label_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Prometheus's duration syntax (`model.ParseDuration`): units y, w, d, h, m, s, ms in that order,
-/// each at most once, or `0`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    const UNITS: [(&str, u64); 7] = [
-        ("y", 365 * 24 * 3600 * 1000),
-        ("w", 7 * 24 * 3600 * 1000),
-        ("d", 24 * 3600 * 1000),
-        ("h", 3600 * 1000),
-        ("ms", 1),
-        ("m", 60 * 1000),
-        ("s", 1000),
-    ];
-    // The order units must appear in; "ms" is listed before "m" only so that it matches first.
-    const ORDER: [&str; 7] = ["y", "w", "d", "h", "m", "s", "ms"];
-    if text == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = text;
-    let mut millis: u64 = 0;
-    let mut last = None;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        let number: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, factor) = UNITS.iter().find(|(u, _)| rest.starts_with(u))?;
-        let rank = ORDER.iter().position(|u| u == unit)?;
-        if last.is_some_and(|l| l >= rank) {
-            return None;
-        }
-        last = Some(rank);
-        millis = millis.checked_add(number.checked_mul(*factor)?)?;
-        rest = &rest[unit.len()..];
-    }
-    last.map(|_| Duration::from_millis(millis))
 }
 
 /// The file as YAML, with prometheus-adapter's keys. Optional everywhere so that a YAML null reads
@@ -995,18 +950,6 @@ externalRules:
             rule.metric_name("kube_deployment_status_replicas").as_deref(),
             Some("replicas")
         );
-    }
-
-    #[test]
-    fn duration_syntax() {
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1m500ms"), Some(Duration::from_millis(60_500)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("2d1w"), None);
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("1.5m"), None);
     }
 
     #[test]
