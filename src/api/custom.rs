@@ -265,11 +265,6 @@ async fn metric_values(
         }
         ApiError::not_found(format!("the server could not find the metric {} for {gr}: {detail}", request.metric))
     })?;
-    let rule = discovery
-        .rules
-        .custom
-        .get(entry.rule)
-        .ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
 
     // 3. Objects.
     let objects = select_objects(state, resource, namespace, request, label_selector).await?;
@@ -291,14 +286,14 @@ async fn metric_values(
         names: names.as_deref(),
         metric_selector: metric_selector.unwrap_or(&everything),
     };
-    let query =
-        rules::build_query(rule, entry.rule, &entry.series, query_request, &resources).map_err(|err| {
-            match err {
-                rules::Error::Selector(err) => {
-                    ApiError::bad_request(format!("invalid metricLabelSelector: {err}"))
-                }
-                err => ApiError::internal(err.to_string()),
+    let query = entry
+        .rule
+        .query(&entry.series, query_request, &resources)
+        .map_err(|err| match err {
+            rules::Error::Selector(err) => {
+                ApiError::bad_request(format!("invalid metricLabelSelector: {err}"))
             }
+            err => ApiError::internal(err.to_string()),
         })?;
     tracing::debug!(promql = %query.promql, "Querying Prometheus");
 

@@ -73,18 +73,14 @@ async fn values(
             known.join(", ")
         ))
     })?;
-    let rule = discovery
-        .rules
-        .external
-        .get(entry.rule)
-        .ok_or_else(|| ApiError::internal("discovery names a rule that no longer exists"))?;
     let resources = state.resources.load_full();
-    let promql =
-        rules::build_external_query(rule, entry.rule, &entry.series, namespace, selector, &resources)
-            .map_err(|err| match err {
-                rules::Error::Selector(err) => ApiError::bad_request(format!("invalid labelSelector: {err}")),
-                err => ApiError::internal(err.to_string()),
-            })?;
+    let promql = entry
+        .rule
+        .external_query(&entry.series, namespace, selector, &resources)
+        .map_err(|err| match err {
+            rules::Error::Selector(err) => ApiError::bad_request(format!("invalid labelSelector: {err}")),
+            err => ApiError::internal(err.to_string()),
+        })?;
     tracing::debug!(%promql, "Querying Prometheus");
     let samples = state
         .prometheus

@@ -2,49 +2,59 @@
 
 use std::collections::BTreeMap;
 
-use custom_metrics_adapter::rules::{ResourceMapping, Rule, RuleSet, default_rules};
+use std::sync::Arc;
+
+use custom_metrics_adapter::rules::{
+    CompiledRule, GroupResource, ResourceMapping, RuleParams, RuleSet, default_rules, template::Template,
+};
 use serde_json::Value;
 
 use crate::{serving::urlencode, support::*};
 
 const E: &str = "/apis/external.metrics.k8s.io/v1beta1";
 
+/// An external rule at `position` that maps the `namespace` label.
+fn external_rule(position: usize, series_query: &str, metrics_query: &str) -> RuleParams {
+    RuleParams {
+        position,
+        line: 0,
+        series_query: series_query.to_owned(),
+        filters: vec![],
+        name_matches: None,
+        name_as: None,
+        resources: ResourceMapping {
+            overrides: BTreeMap::from([("namespace".to_owned(), GroupResource::core("namespace"))]),
+            ..ResourceMapping::default()
+        },
+        namespaced: true,
+        metrics_query: Template::parse(metrics_query).unwrap(),
+    }
+}
+
 /// A namespaced external rule over `queue_depth`, and a cluster-wide one over every `_total` counter.
 fn rules() -> RuleSet {
-    let namespace_label = ResourceMapping {
-        overrides: BTreeMap::from([("namespace".to_owned(), "namespace".to_owned())]),
-        ..ResourceMapping::default()
-    };
-    let cluster_wide = ResourceMapping {
-        namespaced: Some(false),
-        ..namespace_label.clone()
-    };
-    let external = vec![
-        Rule::new(
-            0,
-            r#"{__name__="queue_depth"}"#,
-            vec![],
-            None,
-            None,
-            namespace_label,
-            "sum(<<.Series>>{<<.LabelMatchers>>}) by (pod)",
-        )
-        .unwrap(),
-        Rule::new(
+    let queue_depth = external_rule(
+        0,
+        r#"{__name__="queue_depth"}"#,
+        "sum(<<.Series>>{<<.LabelMatchers>>}) by (pod)",
+    );
+    let cluster_wide = RuleParams {
+        name_matches: Some(regex::Regex::new("^(.*)_total$").unwrap()),
+        name_as: Some("${1}_across_cluster".to_owned()),
+        namespaced: false,
+        ..external_rule(
             1,
             r#"{__name__=~".*_total",namespace!=""}"#,
-            vec![],
-            Some("^(.*)_total$"),
-            Some("${1}_across_cluster"),
-            cluster_wide,
             "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m]))",
         )
-        .unwrap(),
-    ];
+    };
+    let external = [queue_depth, cluster_wide]
+        .into_iter()
+        .map(|params| Arc::new(CompiledRule::new(params).unwrap()))
+        .collect();
     RuleSet {
-        custom: default_rules("2m").unwrap(),
         external,
-        resource: None,
+        ..RuleSet::custom(default_rules("2m").unwrap())
     }
 }
 
@@ -128,4 +138,29 @@ async fn external_discovery_and_errors() {
     );
     let empty = "{\"kind\":\"APIResourceList\",\"apiVersion\":\"v1\",\"groupVersion\":\"external.metrics.k8s.io/v1beta1\",\"resources\":[]}\n";
     assert_eq!(get(&plain, E).await, (200, empty.to_owned()));
+}
+
+/// prometheus-adapter fills `.LabelValuesByName` of an external query from the request's
+/// labelSelector (values `|`-joined) and, for a namespaced rule, the namespace.
+#[tokio::test]
+async fn label_values_by_name_come_from_the_label_selector() {
+    let query = r#"sum(<<.Series>>{pod=~"<<index .LabelValuesByName "pod">>",namespace="<<index .LabelValuesByName "namespace">>"}) by (pod)"#;
+    let mut set = rules();
+    let rule = external_rule(0, r#"{__name__="queue_depth"}"#, query);
+    set.external = vec![Arc::new(CompiledRule::new(rule).unwrap())];
+    let adapter = start_adapter(AdapterOptions {
+        rules: Some(set),
+        ..Default::default()
+    })
+    .await;
+    let selected = format!(
+        "{E}/namespaces/default/queue_depth?labelSelector={}",
+        urlencode("pod in (worker-0,worker-9)")
+    );
+    let (status, body) = get(&adapter, &selected).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        items(&body)[0]["metricLabels"],
+        serde_json::json!({"pod": "worker-0"})
+    );
 }

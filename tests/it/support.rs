@@ -368,11 +368,10 @@ pub async fn start_adapter(options: AdapterOptions) -> Adapter {
     install_crypto_provider();
     let env = env();
     let timeout = options.timeout.unwrap_or(Duration::from_secs(10));
-    let rules = options.rules.clone().unwrap_or_else(|| RuleSet {
-        custom: default_rules("2m").expect("default rules"),
-        external: Vec::new(),
-        resource: None,
-    });
+    let rules = options
+        .rules
+        .clone()
+        .unwrap_or_else(|| RuleSet::custom(default_rules("2m").expect("default rules")));
     let objects: Option<Arc<dyn ObjectSource>> = options
         .objects_yaml
         .map(|yaml| Arc::new(StaticObjects::parse(yaml, "test objects").expect("objects")) as _);
