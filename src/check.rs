@@ -6,7 +6,7 @@ use crate::{
     app::State,
     objects::Resources,
     prometheus,
-    rules::{self, QueryRequest},
+    rules::{self, Discovery, QueryRequest},
     selector::Selector,
 };
 
@@ -54,6 +54,12 @@ pub async fn check_config(
             "  nothing: check each seriesQuery in Prometheus' UI, and that series carry labels the resources map (namespace, pod, ...)"
         );
     }
+    describe_metrics(&mut report, &discovery, &resources, namespace);
+    Ok(report)
+}
+
+/// Every discovered metric: its series, rule, request path and the PromQL a sample request runs.
+fn describe_metrics(report: &mut String, discovery: &Discovery, resources: &Resources, namespace: &str) {
     let everything = Selector::default();
     for (metric, entry) in discovery.iter() {
         let request = QueryRequest {
@@ -71,7 +77,7 @@ pub async fn check_config(
         };
         let query = entry
             .rule
-            .query(&entry.series, request, &resources)
+            .query(&entry.series, request, resources)
             .map(|q| q.promql)
             .unwrap_or_else(|err| format!("<cannot build: {err}>"));
         let _ = writeln!(
@@ -85,7 +91,7 @@ pub async fn check_config(
     for (metric, entry) in discovery.external_metrics() {
         let query = entry
             .rule
-            .external_query(&entry.series, namespace, &everything, &resources)
+            .external_query(&entry.series, namespace, &everything, resources)
             .unwrap_or_else(|err| format!("<cannot build: {err}>"));
         let _ = writeln!(
             report,
@@ -93,5 +99,4 @@ pub async fn check_config(
             entry.series, entry.rule.position
         );
     }
-    Ok(report)
 }

@@ -349,4 +349,51 @@ mod tests {
         assert!(discovery.closest(pods, "zzz").is_empty());
         assert_eq!(discovery.resources_of("queue_depth"), ["namespaces"]);
     }
+
+    /// A query that fails keeps its rules' entries from the previous snapshot, but only while
+    /// those rules are the same objects (a reload replaces them).
+    #[test]
+    fn failed_queries_carry_over_their_rules_entries() {
+        let resources = Resources::default();
+        let rules = crate::rules::RuleSet::custom(default_rules("2m").unwrap());
+        let queries = rules.series_queries();
+        let counter = labels(&[("__name__", "http_requests_total"), ("pod", "a")]);
+        let container = labels(&[("__name__", "container_cpu_usage_seconds_total"), ("pod", "a")]);
+        let mut builder = Builder::new(&resources);
+        for query in &queries {
+            let custom_container = query.custom[0].position < 3;
+            builder.add(
+                query,
+                &[if custom_container {
+                    container.clone()
+                } else {
+                    counter.clone()
+                }],
+            );
+        }
+        let first = builder.finish(&Discovery::default(), SystemTime::now());
+        let pods = resources.resolve("pods").unwrap();
+        assert!(first.get(pods, "cpu_usage").is_some() && first.get(pods, "http_requests").is_some());
+
+        let mut builder = Builder::new(&resources);
+        for query in &queries {
+            if query.custom[0].position < 3 {
+                builder.failed(query);
+            } else {
+                builder.add(query, &[]);
+            }
+        }
+        let second = builder.finish(&first, SystemTime::now());
+        assert!(second.get(pods, "cpu_usage").is_some(), "carried over");
+        assert!(second.get(pods, "http_requests").is_none(), "listed, and gone");
+        assert_eq!(second.summaries.len(), 0);
+
+        let reloaded = crate::rules::RuleSet::custom(default_rules("2m").unwrap());
+        let mut builder = Builder::new(&resources);
+        for query in reloaded.series_queries() {
+            builder.failed(&query);
+        }
+        let third = builder.finish(&second, SystemTime::now());
+        assert!(third.is_empty(), "entries of replaced rules are not carried over");
+    }
 }

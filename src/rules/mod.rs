@@ -89,22 +89,23 @@ impl RuleSet {
 
     /// Each distinct `seriesQuery` with the custom and external rules that share it, in query order.
     pub fn series_queries(&self) -> Vec<SeriesQuery> {
-        let mut out: BTreeMap<String, SeriesQuery> = BTreeMap::new();
-        for (rules, external) in [(&self.custom, false), (&self.external, true)] {
-            for rule in rules {
-                let query = out
-                    .entry(rule.series_query.clone())
-                    .or_insert_with(|| SeriesQuery {
-                        query: rule.series_query.clone(),
-                        custom: Vec::new(),
-                        external: Vec::new(),
-                    });
-                if external {
-                    query.external.push(rule.clone());
-                } else {
-                    query.custom.push(rule.clone());
-                }
-            }
+        fn query_of<'q>(
+            out: &'q mut BTreeMap<String, SeriesQuery>,
+            rule: &CompiledRule,
+        ) -> &'q mut SeriesQuery {
+            out.entry(rule.series_query.clone())
+                .or_insert_with(|| SeriesQuery {
+                    query: rule.series_query.clone(),
+                    custom: Vec::new(),
+                    external: Vec::new(),
+                })
+        }
+        let mut out = BTreeMap::new();
+        for rule in &self.custom {
+            query_of(&mut out, rule).custom.push(rule.clone());
+        }
+        for rule in &self.external {
+            query_of(&mut out, rule).external.push(rule.clone());
         }
         out.into_values().collect()
     }

@@ -166,3 +166,68 @@ fn object_matcher(
         None => promql::matcher(label, promql::MatchOp::Ne, ""),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{GroupResource, ResourceMapping};
+
+    fn rule(query: &str) -> ResourceRule {
+        let overrides = ["namespace", "pod", "node"]
+            .map(|label| (label.to_owned(), GroupResource::core(label)))
+            .into();
+        ResourceRule {
+            name: "memory",
+            container_query: Template::parse(query).unwrap(),
+            node_query: Template::parse(query).unwrap(),
+            resources: LabelMapping::new(ResourceMapping {
+                overrides,
+                ..ResourceMapping::default()
+            })
+            .unwrap(),
+            container_label: "container".into(),
+        }
+    }
+
+    /// prometheus-adapter's `containerQuery.Build("", pods, namespace, [containerLabel], ...)`:
+    /// grouped by the pod label and the container label, the namespace a matcher.
+    #[test]
+    fn container_queries_group_by_pod_and_container() {
+        let resources = Resources::default();
+        let rule = rule("<<.GroupBy>> <<.GroupBySlice>> {<<.LabelMatchers>>} <<.LabelValuesByName>>");
+        let names = ["a".to_owned(), "b".to_owned()];
+        let pods = PodSelection {
+            namespace: Some("ns"),
+            names: Some(&names),
+        };
+        let query = rule.container_query(pods, &resources).unwrap();
+        assert_eq!(
+            query.promql,
+            r#"pod,container [pod container] {namespace="ns",pod=~"a|b"} map[namespace:ns pod:a|b]"#
+        );
+        assert_eq!(
+            (query.object_label.as_str(), query.namespace_label),
+            ("pod", None)
+        );
+        // Without a pod list there is no namespace to query one by one: samples carry it.
+        let everything = PodSelection {
+            namespace: None,
+            names: None,
+        };
+        let query = rule.container_query(everything, &resources).unwrap();
+        assert_eq!(
+            query.promql,
+            r#"pod,container,namespace [pod container namespace] {pod!=""} map[]"#
+        );
+        assert_eq!(query.namespace_label.as_deref(), Some("namespace"));
+        let query = rule.node_query(Some(&names[..1]), &resources).unwrap();
+        assert_eq!(query.promql, r#"node [node] {node="a"} map[node:a]"#);
+    }
+
+    #[test]
+    fn usage_is_never_negative() {
+        assert_eq!(usage_value(f64::NAN), 0.0);
+        assert_eq!(usage_value(-1.0), 0.0);
+        assert_eq!(usage_value(2.5), 2.5);
+    }
+}

@@ -265,3 +265,54 @@ pub(super) fn compile(rule: usize, pattern: &str) -> Result<Regex> {
         source: Box::new(source),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::GroupResource;
+
+    fn external(namespaced: bool, query: &str) -> CompiledRule {
+        CompiledRule::new(RuleParams {
+            position: 0,
+            line: 0,
+            series_query: "{}".into(),
+            filters: vec![],
+            name_matches: None,
+            name_as: None,
+            resources: ResourceMapping {
+                overrides: BTreeMap::from([("namespace".into(), GroupResource::core("namespace"))]),
+                ..ResourceMapping::default()
+            },
+            namespaced,
+            metrics_query: template::Template::parse(query).unwrap(),
+        })
+        .unwrap()
+    }
+
+    /// prometheus-adapter's `BuildExternal`: every requirement's values `|`-joined (none for
+    /// `exists`), then the namespace of a namespaced rule.
+    #[test]
+    fn external_label_values_by_name_come_from_the_selector() {
+        let resources = Resources::default();
+        let render = |namespaced, selector: &str| {
+            external(namespaced, "<<.LabelValuesByName>>")
+                .external_query("s", "default", &Selector::parse(selector).unwrap(), &resources)
+                .unwrap()
+        };
+        assert_eq!(render(false, "foo in (bar,baz)"), "map[foo:bar|baz]");
+        assert_eq!(
+            render(true, "foo in (baz,bar),x!=y,e"),
+            "map[e: foo:bar|baz namespace:default x:y]"
+        );
+        assert_eq!(render(true, "namespace=other"), "map[namespace:default]");
+        let query = external(true, "<<.Series>>{<<.LabelMatchers>>}")
+            .external_query(
+                "s",
+                "default",
+                &Selector::parse("foo in (bar,baz)").unwrap(),
+                &resources,
+            )
+            .unwrap();
+        assert_eq!(query, r#"s{foo=~"bar|baz",namespace="default"}"#);
+    }
+}
