@@ -198,15 +198,11 @@ async fn object_source(
 pub fn load_rules(config: &RulesConfig) -> anyhow::Result<RuleSet> {
     let mut set = match &config.file {
         None => {
-            let custom = rules::default_rules(&crate::config::promql_duration(config.rate_interval))?;
-            RuleSet {
-                custom,
-                external: Vec::new(),
-                resource: None,
-            }
+            let custom = rules::default_rules(&crate::duration::format_prometheus(config.rate_interval))?;
+            RuleSet::custom(custom)
         }
         Some(path) => {
-            let set = rules::config::load(path)?.rule_set()?;
+            let set = rules::config::load(path)?.rule_set();
             for warning in rules::lint(&set) {
                 tracing::warn!(config = %path.display(), "{warning}");
             }
@@ -218,9 +214,7 @@ pub fn load_rules(config: &RulesConfig) -> anyhow::Result<RuleSet> {
         tracing::warn!(
             "--metric-selector-regex-passthrough: single-value `in` selectors reach Prometheus as raw regexes"
         );
-        for rule in set.custom.iter_mut().chain(set.external.iter_mut()) {
-            rule.in_regex = rules::promql::InRegex::Passthrough;
-        }
+        set.set_in_regex(rules::promql::InRegex::Passthrough);
     }
     Ok(set)
 }

@@ -6,7 +6,7 @@ use crate::{
     backend::prometheus,
     objects::Resources,
     pipeline::{self, Pipeline},
-    rules::{self, QueryRequest},
+    rules::{self, Discovery, QueryRequest},
     selector::Selector,
 };
 
@@ -18,7 +18,7 @@ pub async fn check_config(
     namespace: &str,
 ) -> anyhow::Result<String> {
     let file = rules::config::load(config)?;
-    let set = file.rule_set()?;
+    let set = file.rule_set();
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -61,9 +61,14 @@ pub async fn check_config(
             "  nothing: check each seriesQuery in Prometheus' UI, and that series carry labels the resources map (namespace, pod, ...)"
         );
     }
+    describe_metrics(&mut report, &discovery, &resources, namespace);
+    Ok(report)
+}
+
+/// Every discovered metric: its series, rule, request path and the PromQL a sample request runs.
+fn describe_metrics(report: &mut String, discovery: &Discovery, resources: &Resources, namespace: &str) {
     let everything = Selector::default();
     for (metric, entry) in discovery.iter() {
-        let rule = &discovery.rules.custom[entry.rule];
         let request = QueryRequest {
             resource: &entry.resource,
             namespace: entry.resource.namespaced.then_some(namespace),
@@ -77,7 +82,9 @@ pub async fn check_config(
             ),
             false => format!("/{}/*/{metric}", entry.resource.group_resource()),
         };
-        let query = rules::build_query(rule, entry.rule, &entry.series, request, &resources)
+        let query = entry
+            .rule
+            .query(&entry.series, request, resources)
             .map(|q| q.promql)
             .unwrap_or_else(|err| format!("<cannot build: {err}>"));
         let _ = writeln!(
@@ -85,25 +92,18 @@ pub async fn check_config(
             "  {}/{metric}  (series {}, rules[{}])\n    GET /apis/custom.metrics.k8s.io/v1beta2{path}\n    {query}",
             entry.resource.group_resource(),
             entry.series,
-            entry.rule
+            entry.rule.position
         );
     }
     for (metric, entry) in discovery.external_metrics() {
-        let rule = &discovery.rules.external[entry.rule];
-        let query = rules::build_external_query(
-            rule,
-            entry.rule,
-            &entry.series,
-            namespace,
-            &everything,
-            &resources,
-        )
-        .unwrap_or_else(|err| format!("<cannot build: {err}>"));
+        let query = entry
+            .rule
+            .external_query(&entry.series, namespace, &everything, resources)
+            .unwrap_or_else(|err| format!("<cannot build: {err}>"));
         let _ = writeln!(
             report,
             "  external {metric}  (series {}, externalRules[{}])\n    GET /apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}\n    {query}",
-            entry.series, entry.rule
+            entry.series, entry.rule.position
         );
     }
-    Ok(report)
 }

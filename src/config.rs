@@ -20,8 +20,6 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid duration {0:?}: expected a Go duration such as 30s, 2m or 1h30m")]
-    Duration(String),
     #[error("invalid --prometheus-header {0:?}: expected Key=Value")]
     Header(String),
     #[error(
@@ -127,20 +125,20 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "GET")]
     pub prometheus_verb: PrometheusVerb,
     /// Timeout of every Prometheus call.
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_go)]
     pub prometheus_timeout: Duration,
     /// Larger Prometheus answers stop being read and fail: bytes, or with a Ki, Mi or Gi suffix.
     #[arg(long, default_value = "64Mi", value_parser = parse_byte_size)]
     pub prometheus_max_response_bytes: u64,
 
     /// Window of rate() for counters.
-    #[arg(long, default_value = "2m", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "2m", value_parser = crate::duration::parse_go)]
     pub rate_interval: Duration,
     /// How often the list of available metrics is refreshed from Prometheus.
-    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "1m", value_parser = crate::duration::parse_go)]
     pub metrics_relist_interval: Duration,
     /// Only series with samples this recent are discovered (default: the relist interval).
-    #[arg(long, value_parser = parse_go_duration)]
+    #[arg(long, value_parser = crate::duration::parse_go)]
     pub metrics_max_age: Option<Duration>,
 
     /// YAML file listing the namespaces, pods and services that exist (see README).
@@ -183,7 +181,7 @@ pub struct Args {
     pub authorization_kubeconfig: Option<PathBuf>,
     /// How often Kubernetes API discovery is refreshed (resources added later, groups that were
     /// unavailable); an unknown resource in a request also refreshes it, at most every 5 s.
-    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::duration::parse_go)]
     pub discovery_interval: Duration,
     /// Requests per second to the Kubernetes API (0 = unlimited).
     #[arg(long, default_value_t = 5.0)]
@@ -199,11 +197,11 @@ pub struct Args {
     #[arg(long)]
     pub authentication_tolerate_lookup_failure: bool,
     /// How long TokenReview answers are cached.
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_go)]
     pub authentication_token_webhook_cache_ttl: Duration,
     /// How long a TokenReview may take; a bearer token that cannot be checked in time is answered
     /// 401 (k8s.io/apiserver's TokenRequestTimeout, which has no flag there).
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_go)]
     pub authentication_timeout: Duration,
     /// CA bundle for client certificates (user = CN, groups = O).
     #[arg(long)]
@@ -230,14 +228,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "/healthz,/readyz,/livez")]
     pub authorization_always_allow_paths: Vec<String>,
     /// How long an allowed SubjectAccessReview is cached.
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_go)]
     pub authorization_webhook_cache_authorized_ttl: Duration,
     /// How long a denied SubjectAccessReview is cached.
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_go)]
     pub authorization_webhook_cache_unauthorized_ttl: Duration,
     /// How long a SubjectAccessReview may take; a request whose review does not finish in time is
     /// answered 503 with Retry-After (k8s.io/apiserver's ClientTimeout, which has no flag there).
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse_go)]
     pub authorization_timeout: Duration,
     /// Serve everyone without authentication or authorization. For local runs only: anyone who
     /// can reach the port reads every metric.
@@ -619,93 +617,9 @@ pub fn parse_byte_size(s: &str) -> Result<u64> {
     number.checked_mul(1 << shift).filter(|n| *n > 0).ok_or_else(err)
 }
 
-/// Parses a Go `time.ParseDuration` string: a sequence of decimal numbers with units
-/// `ns`, `us`, `µs`, `ms`, `s`, `m`, `h` (e.g. `300ms`, `1.5h`, `2h45m`). Negative durations are refused.
-pub fn parse_go_duration(s: &str) -> Result<Duration> {
-    let err = || Error::Duration(s.to_owned());
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s.strip_prefix('+').unwrap_or(s);
-    if rest.is_empty() {
-        return Err(err());
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per_unit = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(err()),
-        };
-        rest = &rest[unit_len..];
-        total += number * nanos_per_unit;
-    }
-    if !total.is_finite() || total > u64::MAX as f64 {
-        return Err(err());
-    }
-    Ok(Duration::from_nanos(total.round() as u64))
-}
-
-/// Renders a duration as a PromQL range duration in its largest exact unit (`2m`, `90s`, `1500ms`).
-pub fn promql_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
-        return format!("{ms}ms");
-    }
-    let secs = ms / 1000;
-    match secs {
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_durations() {
-        let cases = [
-            ("2m", 120_000),
-            ("10s", 10_000),
-            ("1h30m", 5_400_000),
-            ("1.5m", 90_000),
-            ("300ms", 300),
-            ("0", 0),
-            ("1m30s", 90_000),
-        ];
-        for (text, ms) in cases {
-            assert_eq!(
-                parse_go_duration(text).unwrap(),
-                Duration::from_millis(ms),
-                "{text}"
-            );
-        }
-        for bad in ["", "2", "m", "2x", "-1s", "1..2s", "2 m"] {
-            assert!(parse_go_duration(bad).is_err(), "{bad:?} must be refused");
-        }
-    }
-
-    #[test]
-    fn promql_durations() {
-        assert_eq!(promql_duration(Duration::from_secs(120)), "2m");
-        assert_eq!(promql_duration(Duration::from_secs(90)), "90s");
-        assert_eq!(promql_duration(Duration::from_secs(7200)), "2h");
-        assert_eq!(promql_duration(Duration::from_millis(1500)), "1500ms");
-    }
 
     #[test]
     fn prometheus_adapter_args_are_accepted() {

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod duration;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod health;

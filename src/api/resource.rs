@@ -3,13 +3,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::{ApiError, json_response, types::StatusDetails, wants_pretty};
@@ -18,7 +19,7 @@ use crate::{
     objects::{ObjectRef, ResourceInfo, Resources},
     pipeline::Pipeline as AppState,
     quantity,
-    rules::{ResourceRuleSet, Rule, promql, template},
+    rules::{self, PodSelection, ResourceRules, UsageQuery, usage_value},
     selector::Selector,
 };
 
@@ -84,9 +85,9 @@ pub(super) async fn get(
     let Some(rules) = state.rules().resource.clone() else {
         return ApiError::unknown_route().into_response();
     };
-    let selector = match super::label_selector(params) {
+    let selector = match Selector::parse(params.get("labelSelector").map_or("", String::as_str)) {
         Ok(selector) => selector,
-        Err(err) => return err.into_response(),
+        Err(err) => return ApiError::bad_request(format!("invalid labelSelector: {err}")).into_response(),
     };
     let segments: Vec<&str> = path.split('/').collect();
     let pretty = wants_pretty(params);
@@ -139,12 +140,9 @@ fn not_found(resource: &str, name: &str) -> ApiError {
     ApiError::not_found_with(format!("{resource}.{GROUP} {name:?} not found"), details)
 }
 
-fn label(rule: &Rule, resource: Option<&ResourceInfo>, resources: &Resources) -> Result<String, ApiError> {
-    resource
-        .and_then(|r| rule.label_for_resource(r, resources))
-        .ok_or_else(|| {
-            ApiError::internal("resourceRules.resources maps no label to namespaces, pods or nodes")
-        })
+/// A resource rule that cannot render its query is a configuration the load checks did not catch.
+fn rule_error(err: rules::Error) -> ApiError {
+    ApiError::internal(err.to_string())
 }
 
 /// Which objects of `resource` exist (all of them when there is no object source).
@@ -171,44 +169,23 @@ async fn objects(
         .map_err(unavailable)
 }
 
-async fn run(
-    state: &AppState,
-    query: &template::Template,
-    matchers: &[String],
-    group_by: &[String],
-) -> Result<Vec<Sample>, ApiError> {
-    let promql = template::render_metrics_query(query, "", matchers, group_by, &BTreeMap::new())
-        .map_err(|err| ApiError::internal(format!("resourceRules: {err}")))?;
-    tracing::debug!(%promql, "Querying Prometheus");
+async fn run(state: &AppState, query: &UsageQuery) -> Result<Vec<Sample>, ApiError> {
+    tracing::debug!(promql = %query.promql, "Querying Prometheus");
     state
         .backend()
-        .query(&promql, SystemTime::now())
+        .query(&query.promql, SystemTime::now())
         .await
         .map_err(|err| ApiError::from(crate::pipeline::Error::Backend(err)))
 }
 
-/// Values by key from a query's samples; NaN and negative values count as 0, as in prometheus-adapter.
+/// Values by key from a query's samples, as usage.
 fn by_key(
     samples: &[Sample],
     key: impl Fn(&Sample) -> Option<(String, String)>,
 ) -> HashMap<(String, String), (f64, f64)> {
     samples
         .iter()
-        .filter_map(|s| {
-            key(s).map(|k| {
-                (
-                    k,
-                    (
-                        if s.value.is_nan() || s.value < 0.0 {
-                            0.0
-                        } else {
-                            s.value
-                        },
-                        s.timestamp,
-                    ),
-                )
-            })
-        })
+        .filter_map(|s| key(s).map(|k| (k, (usage_value(s.value), s.timestamp))))
         .collect()
 }
 
@@ -224,11 +201,10 @@ fn usage(cpu: f64, memory: f64) -> BTreeMap<&'static str, String> {
 
 async fn nodes(
     state: &AppState,
-    set: &ResourceRuleSet,
+    set: &ResourceRules,
     name: Option<&str>,
     selector: &Selector,
 ) -> Result<Vec<NodeMetrics>, ApiError> {
-    let rules = &set.config;
     let resources = state.resources().load_full();
     let nodes = resources.resolve("nodes");
     let mut names: Option<Vec<String>> = match nodes {
@@ -246,36 +222,23 @@ async fn nodes(
     if names.as_ref().is_some_and(Vec::is_empty) {
         return Ok(Vec::new());
     }
-    let (cpu_rule, memory_rule) = (&set.cpu, &set.memory);
-    let node_resource = nodes.cloned().unwrap_or_else(ResourceInfo::node);
-    let cpu_label = label(cpu_rule, Some(&node_resource), &resources)?;
-    let memory_label = label(memory_rule, Some(&node_resource), &resources)?;
-    let matcher = |label: &str| match &names {
-        Some(names) => promql::names_matcher(label, names),
-        None => promql::matcher(label, promql::MatchOp::Ne, ""),
+    let cpu_query = set
+        .cpu
+        .node_query(names.as_deref(), &resources)
+        .map_err(rule_error)?;
+    let memory_query = set
+        .memory
+        .node_query(names.as_deref(), &resources)
+        .map_err(rule_error)?;
+    let (cpu, memory) = tokio::join!(run(state, &cpu_query), run(state, &memory_query));
+    let node = |query: &UsageQuery, s: &Sample| {
+        s.labels
+            .get(&query.object_label)
+            .map(|n| (n.to_owned(), String::new()))
     };
-    let (cpu_matchers, memory_matchers) = ([matcher(&cpu_label)], [matcher(&memory_label)]);
-    let (cpu, memory) = tokio::join!(
-        run(
-            state,
-            &rules.cpu.node_query,
-            &cpu_matchers,
-            std::slice::from_ref(&cpu_label)
-        ),
-        run(
-            state,
-            &rules.memory.node_query,
-            &memory_matchers,
-            std::slice::from_ref(&memory_label)
-        ),
-    );
-    let cpu = by_key(&cpu?, |s| {
-        s.labels.get(&cpu_label).map(|n| (n.to_owned(), String::new()))
-    });
-    let memory = by_key(&memory?, |s| {
-        s.labels.get(&memory_label).map(|n| (n.to_owned(), String::new()))
-    });
-    let window = go_duration(rules.window);
+    let cpu = by_key(&cpu?, |s| node(&cpu_query, s));
+    let memory = by_key(&memory?, |s| node(&memory_query, s));
+    let window = crate::duration::format_go(set.window);
     let mut items: Vec<NodeMetrics> = cpu
         .iter()
         .filter_map(|(key, (cpu, cpu_time))| {
@@ -300,12 +263,11 @@ async fn nodes(
 
 async fn pods(
     state: &AppState,
-    set: &ResourceRuleSet,
+    set: &ResourceRules,
     namespace: Option<&str>,
     name: Option<&str>,
     selector: &Selector,
 ) -> Result<Vec<PodMetrics>, ApiError> {
-    let rules = &set.config;
     let resources = state.resources().load_full();
     let pods_resource = resources
         .resolve("pods")
@@ -327,90 +289,13 @@ async fn pods(
     if wanted.as_ref().is_some_and(Vec::is_empty) {
         return Ok(Vec::new());
     }
-    let (cpu_rule, memory_rule) = (&set.cpu, &set.memory);
-    let namespaces = resources.namespaces().cloned();
-    let labels = |rule: &Rule| -> Result<(String, String), ApiError> {
-        Ok((
-            label(rule, namespaces.as_ref(), &resources)?,
-            label(rule, Some(&pods_resource), &resources)?,
-        ))
-    };
-    let (cpu_ns, cpu_pod) = labels(cpu_rule)?;
-    let (memory_ns, memory_pod) = labels(memory_rule)?;
-    // prometheus-adapter's order: the namespace matcher, then the pods.
-    let matchers = |ns_label: &str, pod_label: &str| {
-        let mut matchers = Vec::new();
-        if let Some(namespace) = namespace {
-            matchers.push(promql::matcher(ns_label, promql::MatchOp::Eq, namespace));
-        }
-        matchers.push(match &wanted {
-            Some(list) => {
-                let mut names: Vec<String> = list.iter().map(|o| o.name.clone()).collect();
-                names.sort();
-                names.dedup();
-                promql::names_matcher(pod_label, &names)
-            }
-            None => promql::matcher(pod_label, promql::MatchOp::Ne, ""),
-        });
-        matchers
-    };
-    let cpu_group = [cpu_pod.clone(), rules.cpu.container_label.clone(), cpu_ns.clone()];
-    let memory_group = [
-        memory_pod.clone(),
-        rules.memory.container_label.clone(),
-        memory_ns.clone(),
-    ];
-    let (cpu_matchers, memory_matchers) = (matchers(&cpu_ns, &cpu_pod), matchers(&memory_ns, &memory_pod));
-    let (cpu, memory) = tokio::join!(
-        run(state, &rules.cpu.container_query, &cpu_matchers, &cpu_group),
-        run(
-            state,
-            &rules.memory.container_query,
-            &memory_matchers,
-            &memory_group
-        ),
-    );
-    let (cpu, memory) = (cpu?, memory?);
-    let pod_key =
-        |s: &Sample, ns: &str, pod: &str| Some((s.labels.get(ns)?.to_owned(), s.labels.get(pod)?.to_owned()));
-    // Per pod: container → (cpu, memory), and the earliest sample time.
-    let mut per_pod: BTreeMap<(String, String), (Containers, f64)> = BTreeMap::new();
-    for (samples, ns_label, pod_label, container_label, is_cpu) in [
-        (&cpu, &cpu_ns, &cpu_pod, &rules.cpu.container_label, true),
-        (
-            &memory,
-            &memory_ns,
-            &memory_pod,
-            &rules.memory.container_label,
-            false,
-        ),
-    ] {
-        for sample in samples {
-            let Some(key) = pod_key(sample, ns_label, pod_label) else {
-                continue;
-            };
-            let container = sample.labels.get(container_label).unwrap_or_default().to_owned();
-            let value = if sample.value.is_nan() || sample.value < 0.0 {
-                0.0
-            } else {
-                sample.value
-            };
-            let entry = per_pod.entry(key).or_insert_with(|| (BTreeMap::new(), f64::MAX));
-            entry.1 = entry.1.min(sample.timestamp);
-            let slot = entry.0.entry(container).or_default();
-            if is_cpu {
-                slot.0 = Some(value)
-            } else {
-                slot.1 = Some(value)
-            }
-        }
-    }
+    let per_pod = container_usage(state, set, &resources, namespace, wanted.as_deref()).await?;
     let wanted_keys: Option<Vec<(String, String)>> = wanted.map(|list| {
         list.into_iter()
             .map(|o| (o.namespace.unwrap_or_default(), o.name))
             .collect()
     });
-    let window = go_duration(rules.window);
+    let window = crate::duration::format_go(set.window);
     let items = per_pod
         .into_iter()
         .filter(|(key, _)| {
@@ -445,47 +330,103 @@ async fn pods(
     Ok(items)
 }
 
+/// How many namespaces' container queries run at once for a cluster-wide pod list.
+const NAMESPACE_QUERIES: usize = 8;
+
+/// Per pod (namespace, name): container → (cpu, memory), and the earliest sample time.
+type PodUsage = BTreeMap<(String, String), (Containers, f64)>;
+
+/// The container usage of the wanted pods (every pod with samples when None). As in
+/// prometheus-adapter, each namespace is queried on its own, grouped by pod and container.
+async fn container_usage(
+    state: &AppState,
+    set: &ResourceRules,
+    resources: &Resources,
+    namespace: Option<&str>,
+    wanted: Option<&[ObjectRef]>,
+) -> Result<PodUsage, ApiError> {
+    // Owned, so that the stream's future does not borrow from this frame (which a Send future
+    // with higher-ranked lifetimes cannot express).
+    let mut by_namespace: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for pod in wanted.unwrap_or_default() {
+        let pod_namespace = namespace.or(pod.namespace.as_deref()).map(str::to_owned);
+        by_namespace
+            .entry(pod_namespace)
+            .or_default()
+            .push(pod.name.clone());
+    }
+    let selections: Vec<(Option<String>, Option<Vec<String>>)> = match wanted {
+        Some(_) => by_namespace
+            .into_iter()
+            .map(|(namespace, mut names)| {
+                names.sort();
+                names.dedup();
+                (namespace, Some(names))
+            })
+            .collect(),
+        None => vec![(namespace.map(str::to_owned), None)],
+    };
+    let results: Vec<PodUsage> = futures::stream::iter(selections)
+        .map(|(namespace, names)| async move {
+            let pods = PodSelection {
+                namespace: namespace.as_deref(),
+                names: names.as_deref(),
+            };
+            namespace_usage(state, set, resources, pods).await
+        })
+        .buffer_unordered(NAMESPACE_QUERIES)
+        .try_collect()
+        .await?;
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// The cpu and memory queries for one selection of pods, their samples merged per container.
+async fn namespace_usage(
+    state: &AppState,
+    set: &ResourceRules,
+    resources: &Resources,
+    pods: PodSelection<'_>,
+) -> Result<PodUsage, ApiError> {
+    let cpu_query = set.cpu.container_query(pods, resources).map_err(rule_error)?;
+    let memory_query = set.memory.container_query(pods, resources).map_err(rule_error)?;
+    let (cpu, memory) = tokio::join!(run(state, &cpu_query), run(state, &memory_query));
+    let (cpu, memory) = (cpu?, memory?);
+    let mut per_pod = PodUsage::new();
+    let set_cpu = |slot: &mut (Option<f64>, Option<f64>), value| slot.0 = Some(value);
+    let set_memory = |slot: &mut (Option<f64>, Option<f64>), value| slot.1 = Some(value);
+    for (samples, query, container_label, store) in [
+        (
+            &cpu,
+            &cpu_query,
+            &set.cpu.container_label,
+            &set_cpu as &dyn Fn(&mut _, f64),
+        ),
+        (&memory, &memory_query, &set.memory.container_label, &set_memory),
+    ] {
+        for sample in samples {
+            let sample_namespace = match &query.namespace_label {
+                Some(label) => sample.labels.get(label),
+                None => pods.namespace,
+            };
+            let (Some(sample_namespace), Some(pod)) =
+                (sample_namespace, sample.labels.get(&query.object_label))
+            else {
+                continue;
+            };
+            let container = sample.labels.get(container_label).unwrap_or_default().to_owned();
+            let key = (sample_namespace.to_owned(), pod.to_owned());
+            let entry = per_pod.entry(key).or_insert_with(|| (BTreeMap::new(), f64::MAX));
+            entry.1 = entry.1.min(sample.timestamp);
+            store(entry.0.entry(container).or_default(), usage_value(sample.value));
+        }
+    }
+    Ok(per_pod)
+}
+
 fn now() -> String {
     let seconds = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     super::custom::format_timestamp(seconds)
-}
-
-/// Go's `time.Duration.String()`, as metav1.Duration serialises: `5m0s`, `30s`, `1h0m0s`, `1.5s`.
-pub fn go_duration(duration: Duration) -> String {
-    let total_ms = duration.as_millis();
-    if total_ms == 0 {
-        return "0s".to_owned();
-    }
-    let (hours, rest) = (total_ms / 3_600_000, total_ms % 3_600_000);
-    let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let seconds = if rest % 1000 == 0 {
-        format!("{}s", rest / 1000)
-    } else {
-        format!(
-            "{}s",
-            format!("{}.{:03}", rest / 1000, rest % 1000).trim_end_matches('0')
-        )
-    };
-    match (hours, minutes) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(go_duration(Duration::from_secs(300)), "5m0s");
-        assert_eq!(go_duration(Duration::from_secs(30)), "30s");
-        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
-        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(go_duration(Duration::ZERO), "0s");
-    }
 }

@@ -118,7 +118,7 @@ impl Pipeline {
         let discovery = self.discovery();
         let resolved = resolve(&resources, &discovery, request.path)?;
         let objects = self.select_objects(&resolved, request).await?;
-        let query = build_query(&resolved, request, objects.as_deref(), &discovery, &resources)?;
+        let query = build_query(&resolved, request, objects.as_deref(), &resources)?;
         tracing::debug!(promql = %query.promql, "Querying the backend");
         let samples = self
             .backend
@@ -200,7 +200,6 @@ fn build_query(
     resolved: &Resolved<'_>,
     request: MetricRequest<'_>,
     objects: Option<&[ObjectRef]>,
-    discovery: &Discovery,
     resources: &Resources,
 ) -> Result<Query, Error> {
     let names: Option<Vec<String>> = match (&request.path.name, objects) {
@@ -212,11 +211,6 @@ fn build_query(
         }
         (ObjectName::All, _) => None,
     };
-    let rule = discovery
-        .rules
-        .custom
-        .get(resolved.entry.rule)
-        .ok_or_else(|| Error::Internal("discovery names a rule that no longer exists".into()))?;
     let everything = Selector::default();
     let query_request = QueryRequest {
         resource: resolved.resource,
@@ -224,17 +218,14 @@ fn build_query(
         names: names.as_deref(),
         metric_selector: request.metric_selector.unwrap_or(&everything),
     };
-    rules::build_query(
-        rule,
-        resolved.entry.rule,
-        &resolved.entry.series,
-        query_request,
-        resources,
-    )
-    .map_err(|err| match err {
-        rules::Error::Selector(err) => Error::BadRequest(format!("invalid metricLabelSelector: {err}")),
-        err => Error::Internal(err.to_string()),
-    })
+    resolved
+        .entry
+        .rule
+        .query(&resolved.entry.series, query_request, resources)
+        .map_err(|err| match err {
+            rules::Error::Selector(err) => Error::BadRequest(format!("invalid metricLabelSelector: {err}")),
+            err => Error::Internal(err.to_string()),
+        })
 }
 
 /// The samples that describe a wanted object, with the object's namespace and name.

@@ -30,18 +30,14 @@ impl Pipeline {
     ) -> Result<Vec<ExternalValue>, Error> {
         let discovery = self.discovery();
         let entry = resolve(&discovery, metric)?;
-        let rule = discovery
-            .rules
-            .external
-            .get(entry.rule)
-            .ok_or_else(|| Error::Internal("discovery names a rule that no longer exists".into()))?;
         let resources = self.resources.load_full();
-        let promql =
-            rules::build_external_query(rule, entry.rule, &entry.series, namespace, selector, &resources)
-                .map_err(|err| match err {
-                    rules::Error::Selector(err) => Error::BadRequest(format!("invalid labelSelector: {err}")),
-                    err => Error::Internal(err.to_string()),
-                })?;
+        let promql = entry
+            .rule
+            .external_query(&entry.series, namespace, selector, &resources)
+            .map_err(|err| match err {
+                rules::Error::Selector(err) => Error::BadRequest(format!("invalid labelSelector: {err}")),
+                err => Error::Internal(err.to_string()),
+            })?;
         tracing::debug!(%promql, "Querying the backend");
         let samples = self
             .backend

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::Pipeline;
-use crate::{backend, health::Readiness, rules::Discovery};
+use crate::{backend, health::Readiness, rules};
 
 /// After a failed relist the next one starts this soon, doubling up to the relist interval.
 const RELIST_RETRY_MIN: Duration = Duration::from_secs(1);
@@ -48,46 +48,30 @@ impl Pipeline {
         let end = SystemTime::now();
         let start = end.checked_sub(self.max_age).unwrap_or(SystemTime::UNIX_EPOCH);
         let rules = self.rules.load_full();
-        let mut fetched = Vec::new();
-        let (mut failed_custom, mut failed_external) = (Vec::new(), Vec::new());
-        let mut last_error = None;
-        for (query, (custom, external)) in rules.series_queries() {
-            match self.backend.series(query, start, end).await {
-                Ok(series) => fetched.push((custom, external, series)),
+        let resources = self.resources.load_full();
+        let mut builder = rules::discovery::Builder::new(&resources);
+        let (mut listed, mut last_error) = (0, None);
+        for query in rules.series_queries() {
+            match self.backend.series(&query.query, start, end).await {
+                Ok(series) => {
+                    builder.add(&query, &series.shapes);
+                    listed += 1;
+                }
                 Err(err) => {
                     self.metrics.relist_failures.inc();
-                    tracing::warn!(series_query = query, error = %err, "Listing series failed; keeping this query's metrics");
-                    failed_custom.extend(custom);
-                    failed_external.extend(external);
+                    tracing::warn!(series_query = query.query, error = %err, "Listing series failed; keeping this query's metrics");
+                    builder.failed(&query);
                     last_error = Some(err);
                 }
             }
         }
         if let Some(err) = last_error
-            && fetched.is_empty()
+            && listed == 0
         {
             return Err(err);
         }
-        let custom_pairs = fetched.iter().flat_map(|(custom, _, series)| {
-            custom
-                .iter()
-                .flat_map(move |i| series.shapes.iter().map(move |s| (*i, s)))
-        });
-        let external_pairs = fetched.iter().flat_map(|(_, external, series)| {
-            external
-                .iter()
-                .flat_map(move |i| series.shapes.iter().map(move |s| (*i, s)))
-        });
-        let resources = self.resources.load_full();
-        let mut discovery = Discovery::build(&rules.custom, custom_pairs, &resources, end);
-        discovery.add_external(&rules.external, external_pairs);
         let previous = self.discovery.load_full();
-        // Carried-over entries are only valid for the rules they were built with.
-        if Arc::ptr_eq(&previous.rules, &rules) {
-            discovery.carry_over(&previous, &failed_custom);
-            discovery.carry_over_external(&previous, &failed_external);
-        }
-        discovery.rules = rules;
+        let discovery = builder.finish(&previous, end);
         // One line per rule whose outcome changed: what it saw, named and associated.
         for (rule, summary) in &discovery.summaries {
             if previous.summaries.get(rule) != Some(summary) {

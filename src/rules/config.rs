@@ -12,13 +12,16 @@
 //! A YAML null (`rules:` with nothing after it, as Helm charts render an empty list) reads as the
 //! empty value, as Go's YAML decoder does.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use regex::Regex;
 use serde_saphyr::Spanned;
 
+pub use super::naming::GroupResource;
+pub use super::resource::{ResourceRule, ResourceRules};
 use super::{
-    ResourceMapping, Rule, RuleSet, SeriesFilter,
+    CompiledRule, ResourceMapping, RuleParams, RuleSet, SeriesFilter,
+    naming::LabelMapping,
     template::{self, Template, Value},
 };
 
@@ -54,114 +57,14 @@ fn position(line: u64, column: u64) -> String {
     }
 }
 
-/// The whole file.
+/// The whole file, every rule compiled.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
-    pub rules: Vec<DiscoveryRule>,
-    pub external_rules: Vec<DiscoveryRule>,
-    pub resource_rules: Option<ResourceRules>,
+    pub rules: Vec<Arc<CompiledRule>>,
+    pub external_rules: Vec<Arc<CompiledRule>>,
+    pub resource_rules: Option<Arc<ResourceRules>>,
     /// Where the configuration came from, for messages.
     pub origin: String,
-}
-
-/// One entry of `rules` or `externalRules`.
-#[derive(Debug, Clone)]
-pub struct DiscoveryRule {
-    pub series_query: String,
-    pub series_filters: Vec<RegexFilter>,
-    pub resources: ResourcesConfig,
-    pub name: NameMapping,
-    pub metrics_query: Template,
-    /// The line the rule starts on.
-    pub line: u64,
-}
-
-/// An entry of `seriesFilters`: exactly one of `is` and `isNot`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegexFilter {
-    Is(String),
-    IsNot(String),
-}
-
-/// `resources` of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourcesConfig {
-    /// Label name → group-resource.
-    pub overrides: BTreeMap<String, GroupResource>,
-    /// The label template, normalized to the spellings `<<.Resource>>` and `<<.Group>>`.
-    pub template: Option<String>,
-    /// Whether external queries get the namespace matcher from the request path (default true).
-    pub namespaced: bool,
-}
-
-impl Default for ResourcesConfig {
-    fn default() -> Self {
-        Self {
-            overrides: BTreeMap::new(),
-            template: None,
-            namespaced: true,
-        }
-    }
-}
-
-impl ResourcesConfig {
-    /// The mapping as the rule engine uses it: overrides as `resource` or `resource.group`.
-    pub fn mapping(&self) -> ResourceMapping {
-        ResourceMapping {
-            overrides: self
-                .overrides
-                .iter()
-                .map(|(label, gr)| (label.clone(), gr.to_string()))
-                .collect(),
-            template: self.template.clone(),
-            namespaced: Some(self.namespaced),
-            template_ignores: Vec::new(),
-        }
-    }
-}
-
-/// A Kubernetes group-resource as the config writes it; the resource may be singular or plural.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupResource {
-    pub group: String,
-    pub resource: String,
-}
-
-impl std::fmt::Display for GroupResource {
-    /// `resource` for the core group, `resource.group` otherwise, as `Resources::resolve` reads it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.group.is_empty() {
-            f.write_str(&self.resource)
-        } else {
-            write!(f, "{}.{}", self.resource, self.group)
-        }
-    }
-}
-
-/// `name` of a rule, as written; empty strings take prometheus-adapter's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NameMapping {
-    pub matches: String,
-    pub as_: String,
-}
-
-/// `resourceRules`: the queries behind `metrics.k8s.io`.
-#[derive(Debug, Clone)]
-pub struct ResourceRules {
-    pub cpu: ResourceRule,
-    pub memory: ResourceRule,
-    /// The window reported in NodeMetrics and PodMetrics; zero when not set, as in prometheus-adapter.
-    pub window: Duration,
-    pub line: u64,
-}
-
-/// `resourceRules.cpu` or `resourceRules.memory`.
-#[derive(Debug, Clone)]
-pub struct ResourceRule {
-    pub container_query: Template,
-    pub node_query: Template,
-    pub resources: ResourcesConfig,
-    pub container_label: String,
 }
 
 /// Reads and checks a configuration file.
@@ -179,7 +82,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
     let check = Checker { origin };
     let rules = check.rules("rules", raw.rules, RuleKind::Custom)?;
     let external_rules = check.rules("externalRules", raw.external_rules, RuleKind::External)?;
-    let resource_rules = raw.resource_rules.map(|r| check.resource_rules(r)).transpose()?;
+    let resource_rules = raw
+        .resource_rules
+        .map(|r| check.resource_rules(r).map(Arc::new))
+        .transpose()?;
     Ok(Config {
         rules,
         external_rules,
@@ -265,85 +171,29 @@ fn last_key(line: &str) -> Option<String> {
 }
 
 impl Config {
-    /// The `rules` as discovery rules of the rule engine.
-    pub fn custom_rules(&self) -> Result<Vec<Rule>> {
-        self.compile("rules", &self.rules)
-    }
-
-    /// The `externalRules` as discovery rules of the rule engine, in order.
-    pub fn external_metric_rules(&self) -> Result<Vec<Rule>> {
-        self.compile("externalRules", &self.external_rules)
-    }
-
-    /// Both rule lists, as the discovery loop takes them.
-    pub fn rule_set(&self) -> Result<RuleSet> {
-        Ok(RuleSet {
-            custom: self.custom_rules()?,
-            external: self.external_metric_rules()?,
-            resource: match &self.resource_rules {
-                Some(rules) => {
-                    Some(
-                        super::ResourceRuleSet::new(rules.clone()).map_err(|e| Error::Invalid {
-                            origin: self.origin.clone(),
-                            line: rules.line,
-                            field: "resourceRules".into(),
-                            message: e.to_string(),
-                        })?,
-                    )
-                }
-                None => None,
-            },
-        })
-    }
-
-    fn compile(&self, list: &str, rules: &[DiscoveryRule]) -> Result<Vec<Rule>> {
-        rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| {
-                rule.to_rule(i).map_err(|e| Error::Invalid {
-                    origin: self.origin.clone(),
-                    line: rule.line,
-                    field: format!("{list}[{i}]"),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+    /// The rules, as the discovery loop and the request handlers take them.
+    pub fn rule_set(&self) -> RuleSet {
+        RuleSet {
+            custom: self.rules.clone(),
+            external: self.external_rules.clone(),
+            resource: self.resource_rules.clone(),
+        }
     }
 }
 
-impl DiscoveryRule {
-    /// Builds the rule engine's rule; `index` names the rule in its messages.
-    pub fn to_rule(&self, index: usize) -> super::Result<Rule> {
-        let filters = self
-            .series_filters
-            .iter()
-            .map(|filter| {
-                let (pattern, is) = match filter {
-                    RegexFilter::Is(p) => (p, true),
-                    RegexFilter::IsNot(p) => (p, false),
-                };
-                let re = Regex::new(pattern).map_err(|source| super::Error::Regex {
-                    rule: index,
-                    pattern: pattern.clone(),
-                    source: Box::new(source),
-                })?;
-                Ok(if is {
-                    SeriesFilter::Is(re)
-                } else {
-                    SeriesFilter::IsNot(re)
-                })
-            })
-            .collect::<super::Result<Vec<_>>>()?;
-        Rule::new(
-            index,
-            &self.series_query,
-            filters,
-            Some(&self.name.matches),
-            Some(&self.name.as_),
-            self.resources.mapping(),
-            self.metrics_query.source(),
-        )
+/// A rule's `resources` section: the label mapping, and for external rules `namespaced`.
+struct ResourcesSection {
+    mapping: ResourceMapping,
+    /// Whether external queries get the namespace matcher from the request path (default true).
+    namespaced: bool,
+}
+
+impl Default for ResourcesSection {
+    fn default() -> Self {
+        Self {
+            mapping: ResourceMapping::default(),
+            namespaced: true,
+        }
     }
 }
 
@@ -373,21 +223,22 @@ impl Checker<'_> {
         list: &str,
         raw: Option<Vec<Spanned<raw::Rule>>>,
         kind: RuleKind,
-    ) -> Result<Vec<DiscoveryRule>> {
+    ) -> Result<Vec<Arc<CompiledRule>>> {
         raw.unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(i, rule)| self.rule(&format!("{list}[{i}]"), i, rule, kind))
+            .map(|(i, rule)| self.rule(&format!("{list}[{i}]"), i, rule, kind).map(Arc::new))
             .collect()
     }
 
+    /// Checks one rule and compiles it; every regex and the template are compiled here, once.
     fn rule(
         &self,
         path: &str,
-        index: usize,
+        position: usize,
         spanned: Spanned<raw::Rule>,
         kind: RuleKind,
-    ) -> Result<DiscoveryRule> {
+    ) -> Result<CompiledRule> {
         let line = spanned.referenced.line();
         let raw = spanned.value;
         let series_query = match raw.series_query {
@@ -401,13 +252,53 @@ impl Checker<'_> {
                 ));
             }
         };
-        let mut series_filters = Vec::new();
-        for (i, filter) in raw.series_filters.unwrap_or_default().into_iter().enumerate() {
+        let filters = self.series_filters(path, raw.series_filters.unwrap_or_default())?;
+        let name_line = raw.name.as_ref().map_or(line, |n| n.referenced.line());
+        let (name_matches, name_as) = match raw.name {
+            Some(name) => {
+                let matches = match name.value.matches.filter(|m| !m.value.is_empty()) {
+                    Some(m) => {
+                        Some(self.regex(m.referenced.line(), &format!("{path}.name.matches"), &m.value)?)
+                    }
+                    None => None,
+                };
+                (matches, name.value.as_)
+            }
+            None => (None, None),
+        };
+        let resources = self.resources(&format!("{path}.resources"), raw.resources)?;
+        let sample = sample_request(kind, resources.namespaced);
+        let metrics_query = self.query(line, &format!("{path}.metricsQuery"), raw.metrics_query, &sample)?;
+        let params = RuleParams {
+            position,
+            line,
+            series_query,
+            filters,
+            name_matches,
+            name_as,
+            resources: resources.mapping,
+            namespaced: resources.namespaced,
+            metrics_query,
+        };
+        // The regexes are compiled above, so what the rule engine can still reject is an `as` that
+        // cannot default, or a label template whose regex does not compile.
+        CompiledRule::new(params).map_err(|e| match e {
+            super::Error::AmbiguousAs { .. } => {
+                self.invalid(name_line, &format!("{path}.name.as"), e.to_string())
+            }
+            e => self.invalid(line, &format!("{path}.resources.template"), e.to_string()),
+        })
+    }
+
+    /// `seriesFilters`: each exactly one of `is` and `isNot`, compiled.
+    fn series_filters(&self, path: &str, raw: Vec<Spanned<raw::Filter>>) -> Result<Vec<SeriesFilter>> {
+        let mut filters = Vec::new();
+        for (i, filter) in raw.into_iter().enumerate() {
             let field = format!("{path}.seriesFilters[{i}]");
             let line = filter.referenced.line();
             let filter = match (nonempty(filter.value.is), nonempty(filter.value.is_not)) {
-                (Some(is), None) => RegexFilter::Is(is),
-                (None, Some(is_not)) => RegexFilter::IsNot(is_not),
+                (Some(is), None) => SeriesFilter::Is(self.regex(line, &field, &is)?),
+                (None, Some(is_not)) => SeriesFilter::IsNot(self.regex(line, &field, &is_not)?),
                 (Some(is), Some(is_not)) => {
                     let message = format!(
                         "has both `is` ({is:?}) and `isNot` ({is_not:?}); a filter takes exactly one"
@@ -418,51 +309,13 @@ impl Checker<'_> {
                     return Err(self.invalid(line, &field, "needs an `is` or an `isNot` regular expression"));
                 }
             };
-            let (RegexFilter::Is(pattern) | RegexFilter::IsNot(pattern)) = &filter;
-            self.regex(line, &field, pattern)?;
-            series_filters.push(filter);
+            filters.push(filter);
         }
-        let name_line = raw.name.as_ref().map_or(line, |n| n.referenced.line());
-        let name = match raw.name {
-            Some(name) => {
-                let matches = match name.value.matches {
-                    Some(m) => {
-                        self.regex(m.referenced.line(), &format!("{path}.name.matches"), &m.value)?;
-                        m.value
-                    }
-                    None => String::new(),
-                };
-                NameMapping {
-                    matches,
-                    as_: name.value.as_.unwrap_or_default(),
-                }
-            }
-            None => NameMapping::default(),
-        };
-        let resources = self.resources(&format!("{path}.resources"), raw.resources)?;
-        let sample = sample_request(kind, resources.namespaced);
-        let metrics_query = self.query(line, &format!("{path}.metricsQuery"), raw.metrics_query, &sample)?;
-        let rule = DiscoveryRule {
-            series_query,
-            series_filters,
-            resources,
-            name,
-            metrics_query,
-            line,
-        };
-        // The regexes are checked above, so what the rule engine can still reject is an `as` that
-        // cannot default, or a label template whose regex does not compile.
-        rule.to_rule(index).map_err(|e| match e {
-            super::Error::AmbiguousAs { .. } => {
-                self.invalid(name_line, &format!("{path}.name.as"), e.to_string())
-            }
-            e => self.invalid(line, &format!("{path}.resources.template"), e.to_string()),
-        })?;
-        Ok(rule)
+        Ok(filters)
     }
 
-    fn regex(&self, line: u64, field: &str, pattern: &str) -> Result<()> {
-        Regex::new(pattern).map(drop).map_err(|e| {
+    fn regex(&self, line: u64, field: &str, pattern: &str) -> Result<Regex> {
+        Regex::new(pattern).map_err(|e| {
             self.invalid(
                 line,
                 field,
@@ -471,16 +324,16 @@ impl Checker<'_> {
         })
     }
 
-    fn resources(&self, path: &str, raw: Option<Spanned<raw::Resources>>) -> Result<ResourcesConfig> {
+    fn resources(&self, path: &str, raw: Option<Spanned<raw::Resources>>) -> Result<ResourcesSection> {
         let Some(raw) = raw else {
-            return Ok(ResourcesConfig::default());
+            return Ok(ResourcesSection::default());
         };
         let raw = raw.value;
         let mut overrides = BTreeMap::new();
         for (label, gr) in raw.overrides.unwrap_or_default() {
             let field = format!("{path}.overrides.{label}");
             let line = gr.referenced.line();
-            if !is_label_name(&label) {
+            if !super::promql::is_label_name(&label) {
                 let message =
                     "is not a Prometheus label name (letters, digits and '_', not starting with a digit)";
                 return Err(self.invalid(line, &field, message));
@@ -498,9 +351,12 @@ impl Checker<'_> {
             }
             _ => None,
         };
-        Ok(ResourcesConfig {
-            overrides,
-            template,
+        Ok(ResourcesSection {
+            mapping: ResourceMapping {
+                overrides,
+                template,
+                template_ignores: Vec::new(),
+            },
             namespaced: raw.namespaced.unwrap_or(true),
         })
     }
@@ -551,52 +407,59 @@ impl Checker<'_> {
         let line = spanned.referenced.line();
         let raw = spanned.value;
         let window = match raw.window {
-            Some(w) => parse_duration(&w.value).ok_or_else(|| {
-                let message = format!("{:?} is not a Prometheus duration such as 5m or 1h30m", w.value);
-                self.invalid(w.referenced.line(), "resourceRules.window", message)
-            })?,
+            Some(w) => crate::duration::parse_prometheus(&w.value)
+                .map_err(|e| self.invalid(w.referenced.line(), "resourceRules.window", e.to_string()))?,
             None => Duration::ZERO,
         };
-        let rule = |name: &str, raw: Option<Spanned<raw::ResourceRule>>| {
-            let path = format!("resourceRules.{name}");
-            let raw = raw.ok_or_else(|| {
-                self.invalid(
-                    line,
-                    &path,
-                    "is missing; resource metrics need both cpu and memory",
-                )
-            })?;
-            let line = raw.referenced.line();
-            let raw = raw.value;
-            let resources = self.resources(&format!("{path}.resources"), raw.resources)?;
-            let container_label = raw.container_label.unwrap_or_default();
-            let container = Sample::container(&container_label);
-            let container_query = self.query(
-                line,
-                &format!("{path}.containerQuery"),
-                raw.container_query,
-                &container,
-            )?;
-            let node_query = self.query(
-                line,
-                &format!("{path}.nodeQuery"),
-                raw.node_query,
-                &Sample::node(),
-            )?;
-            Ok::<_, Error>(ResourceRule {
-                container_query,
-                node_query,
-                resources,
-                container_label,
-            })
-        };
-        let cpu = rule("cpu", raw.cpu)?;
-        let memory = rule("memory", raw.memory)?;
         Ok(ResourceRules {
-            cpu,
-            memory,
+            cpu: self.resource_rule("cpu", line, raw.cpu)?,
+            memory: self.resource_rule("memory", line, raw.memory)?,
             window,
             line,
+        })
+    }
+
+    /// `resourceRules.cpu` or `resourceRules.memory`, compiled.
+    fn resource_rule(
+        &self,
+        name: &'static str,
+        parent_line: u64,
+        raw: Option<Spanned<raw::ResourceRule>>,
+    ) -> Result<ResourceRule> {
+        let path = format!("resourceRules.{name}");
+        let raw = raw.ok_or_else(|| {
+            self.invalid(
+                parent_line,
+                &path,
+                "is missing; resource metrics need both cpu and memory",
+            )
+        })?;
+        let line = raw.referenced.line();
+        let raw = raw.value;
+        let resources_path = format!("{path}.resources");
+        let resources = self.resources(&resources_path, raw.resources)?;
+        let resources = LabelMapping::new(resources.mapping)
+            .map_err(|e| self.invalid(line, &format!("{resources_path}.template"), e.to_string()))?;
+        let container_label = raw.container_label.unwrap_or_default();
+        let container = Sample::container(&container_label);
+        let container_query = self.query(
+            line,
+            &format!("{path}.containerQuery"),
+            raw.container_query,
+            &container,
+        )?;
+        let node_query = self.query(
+            line,
+            &format!("{path}.nodeQuery"),
+            raw.node_query,
+            &Sample::node(),
+        )?;
+        Ok(ResourceRule {
+            name,
+            container_query,
+            node_query,
+            resources,
+            container_label,
         })
     }
 }
@@ -644,49 +507,6 @@ fn sample_request(kind: RuleKind, namespaced: bool) -> Sample {
         (RuleKind::External, true) => Sample::new(&[("namespace", "default")], &[]),
         (RuleKind::External, false) => Sample::new(&[], &[]),
     }
-}
-
-/// Whether `s` is a classic Prometheus label name, `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn is_label_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-/// Prometheus's duration syntax (`model.ParseDuration`): units y, w, d, h, m, s, ms in that order,
-/// each at most once, or `0`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    const UNITS: [(&str, u64); 7] = [
-        ("y", 365 * 24 * 3600 * 1000),
-        ("w", 7 * 24 * 3600 * 1000),
-        ("d", 24 * 3600 * 1000),
-        ("h", 3600 * 1000),
-        ("ms", 1),
-        ("m", 60 * 1000),
-        ("s", 1000),
-    ];
-    // The order units must appear in; "ms" is listed before "m" only so that it matches first.
-    const ORDER: [&str; 7] = ["y", "w", "d", "h", "m", "s", "ms"];
-    if text == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = text;
-    let mut millis: u64 = 0;
-    let mut last = None;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-        let number: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, factor) = UNITS.iter().find(|(u, _)| rest.starts_with(u))?;
-        let rank = ORDER.iter().position(|u| u == unit)?;
-        if last.is_some_and(|l| l >= rank) {
-            return None;
-        }
-        last = Some(rank);
-        millis = millis.checked_add(number.checked_mul(*factor)?)?;
-        rest = &rest[unit.len()..];
-    }
-    last.map(|_| Duration::from_millis(millis))
 }
 
 /// The file as YAML, with prometheus-adapter's keys. Optional everywhere so that a YAML null reads
@@ -803,13 +623,16 @@ mod tests {
                 resource: "pod".into()
             }
         );
-        let rules = config.custom_rules().unwrap();
+        let rules = &config.rules;
         assert_eq!(
             rules[0].metric_name("http_requests_total").as_deref(),
             Some("http_requests_per_second")
         );
         assert_eq!(rules[0].metric_name("http_requests"), None);
-        assert_eq!(rules[0].resources.overrides["kubernetes_namespace"], "namespace");
+        assert_eq!(
+            rules[0].resources.overrides["kubernetes_namespace"],
+            GroupResource::core("namespace")
+        );
         let query = template::render_metrics_query(
             &rule.metrics_query,
             "http_requests_total",
@@ -835,7 +658,7 @@ mod tests {
     #[test]
     fn the_six_default_rules_match_the_built_in_ones() {
         let config = parse(DEFAULTS, "defaults.yaml").unwrap();
-        let ours = config.custom_rules().unwrap();
+        let ours = &config.rules;
         let builtin = default_rules("5m").unwrap();
         assert_eq!(ours.len(), builtin.len());
         let series = [
@@ -851,7 +674,7 @@ mod tests {
             assert_eq!(a.metrics_query.source(), b.metrics_query.source(), "rule {i}");
             assert_eq!(a.name_as, b.name_as, "rule {i}");
             assert_eq!(a.resources.overrides, b.resources.overrides, "rule {i}");
-            assert_eq!(a.resources.template, b.resources.template, "rule {i}");
+            assert_eq!(a.resources.template(), b.resources.template(), "rule {i}");
             for s in series {
                 assert_eq!(a.metric_name(s), b.metric_name(s), "rule {i}, series {s}");
             }
@@ -876,12 +699,11 @@ externalRules:
         let [lag, depth] = &config.external_rules[..] else {
             panic!("two external rules expected");
         };
-        assert!(lag.resources.namespaced);
-        assert!(!depth.resources.namespaced);
+        assert!(lag.namespaced);
+        assert!(!depth.namespaced);
         assert_eq!(depth.line, 7);
-        let rules = config.external_metric_rules().unwrap();
-        assert_eq!(rules[1].resources.namespaced, Some(false));
-        assert_eq!(config.rule_set().unwrap().external.len(), 2);
+        let rules = &config.external_rules;
+        assert_eq!(config.rule_set().external.len(), 2);
         assert_eq!(
             rules[1].metric_name("queue_depth").as_deref(),
             Some("queue_depth")
@@ -948,7 +770,7 @@ externalRules:
         let rr = config.resource_rules.unwrap();
         assert_eq!(rr.window, Duration::from_secs(300));
         assert_eq!(rr.cpu.container_label, "container");
-        assert_eq!(rr.memory.resources.mapping().overrides["node"], "node");
+        assert_eq!(rr.memory.resources.overrides["node"], GroupResource::core("node"));
         let query = template::render_metrics_query(
             &rr.memory.container_query,
             "",
@@ -985,28 +807,16 @@ externalRules:
   metricsQuery: 'max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
 "#;
         let config = parse(text, "adapter.yaml").unwrap();
-        let rule = &config.custom_rules().unwrap()[0];
+        let rule = &config.rules[0];
+        assert_eq!(rule.resources.template(), Some("kube_<<.Group>>_<<.Resource>>"));
         assert_eq!(
-            rule.resources.template.as_deref(),
-            Some("kube_<<.Group>>_<<.Resource>>")
+            rule.resources.overrides["deployment"].to_string(),
+            "deployments.apps"
         );
-        assert_eq!(rule.resources.overrides["deployment"], "deployments.apps");
         assert_eq!(
             rule.metric_name("kube_deployment_status_replicas").as_deref(),
             Some("replicas")
         );
-    }
-
-    #[test]
-    fn duration_syntax() {
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1m500ms"), Some(Duration::from_millis(60_500)));
-        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("2d1w"), None);
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("1.5m"), None);
     }
 
     #[test]

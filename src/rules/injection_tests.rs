@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use promql_parser::parser::{self, Expr};
 use proptest::prelude::*;
 
-use super::{QueryRequest, Rule, build_query, default_rules};
+use super::{CompiledRule, QueryRequest, default_rules};
 use crate::{objects::Resources, selector::Selector};
 
 /// Every vector selector of `expr`, with its matchers.
@@ -73,8 +73,8 @@ fn metric_selector() -> impl Strategy<Value = String> {
     prop::collection::vec(requirement, 0..3).prop_map(|r| r.join(","))
 }
 
-fn rate_rule() -> &'static Rule {
-    static RULE: std::sync::LazyLock<Rule> = std::sync::LazyLock::new(|| {
+fn rate_rule() -> &'static CompiledRule {
+    static RULE: std::sync::LazyLock<CompiledRule> = std::sync::LazyLock::new(|| {
         default_rules("2m")
             .expect("default rules")
             .into_iter()
@@ -102,7 +102,7 @@ proptest! {
             names: Some(&names),
             metric_selector: &metric_selector,
         };
-        let query = build_query(rate_rule(), 4, "http_requests_total", request, &resources)
+        let query = rate_rule().query("http_requests_total", request, &resources)
             .expect("a query for any path values");
         let expr = parser::parse(&query.promql)
             .map_err(|err| TestCaseError::fail(format!("{err}: {}", query.promql)))?;

@@ -1,22 +1,22 @@
 //! Discovery rules: which Prometheus series become which API metrics, for which resources, and the
 //! PromQL a request runs. The rule model is prometheus-adapter's (`seriesQuery`, `seriesFilters`,
-//! `resources`, `name`, `metricsQuery`); the built-in rules are its config-gen defaults.
+//! `resources`, `name`, `metricsQuery`); the built-in rules are its config-gen defaults. Every rule
+//! is compiled once, when it is loaded ([`CompiledRule`], [`ResourceRules`]).
 
 pub mod config;
-mod discovery;
+pub mod discovery;
+pub mod naming;
 pub mod promql;
+pub mod resource;
+mod rule;
 pub mod template;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
-use regex::Regex;
-
-pub use discovery::{Discovery, ExternalEntry, MetricEntry, RuleSummary};
-
-use crate::{
-    objects::{ResourceInfo, Resources},
-    selector::Selector,
-};
+pub use discovery::{Discovery, ExternalEntry, MetricEntry, MetricKey, RuleSummary};
+pub use naming::{GroupResource, LabelMapping, ResourceMapping};
+pub use resource::{PodSelection, ResourceRule, ResourceRules, UsageQuery, usage_value};
+pub use rule::{CompiledRule, Query, QueryRequest, RuleParams, SeriesFilter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -40,39 +40,11 @@ pub enum Error {
     Selector(#[from] promql::Error),
     #[error("metricsQuery of rule {rule}: {message}")]
     Template { rule: usize, message: String },
+    #[error("resourceRules.{rule}: {message}")]
+    ResourceRule { rule: &'static str, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// A filter on the series name (`seriesFilters`): every filter of a rule must pass.
-#[derive(Debug, Clone)]
-pub enum SeriesFilter {
-    Is(Regex),
-    IsNot(Regex),
-}
-
-impl SeriesFilter {
-    fn passes(&self, name: &str) -> bool {
-        match self {
-            Self::Is(re) => re.is_match(name),
-            Self::IsNot(re) => !re.is_match(name),
-        }
-    }
-}
-
-/// How series labels relate to Kubernetes resources (`resources` in a rule).
-#[derive(Debug, Clone, Default)]
-pub struct ResourceMapping {
-    /// Label name → resource as written in the config (`pod` → `pods`).
-    pub overrides: BTreeMap<String, String>,
-    /// A `<<.Resource>>`/`<<.Group>>` pattern that turns a label name into a resource and back.
-    pub template: Option<String>,
-    /// External rules only: whether the request's namespace becomes a matcher (None means yes).
-    pub namespaced: Option<bool>,
-    /// Labels the template does not turn into resources (overrides still map them). Only the
-    /// built-in rules set it; prometheus-adapter's file format has no such field.
-    pub template_ignores: Vec<String>,
-}
 
 /// Labels Prometheus (`job`, `instance`), prometheus-operator (`endpoint`, `container`: the scraped
 /// port and container) and its external labels (`prometheus`, `prometheus_replica`) put on every
@@ -88,73 +60,70 @@ pub const SCRAPE_LABELS: &[&str] = &[
     "prometheus_replica",
 ];
 
-/// Every rule of a configuration: custom metrics rules and external metrics rules.
+/// Every rule of a configuration: custom metrics rules and external metrics rules. Rules are
+/// shared: discovery entries point at the rule that named them.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSet {
-    pub custom: Vec<Rule>,
-    pub external: Vec<Rule>,
+    pub custom: Vec<Arc<CompiledRule>>,
+    pub external: Vec<Arc<CompiledRule>>,
     /// `resourceRules`: serve `metrics.k8s.io` from Prometheus when present.
-    pub resource: Option<ResourceRuleSet>,
+    pub resource: Option<Arc<ResourceRules>>,
 }
 
-/// `resourceRules` with their label mappings prepared once, at load.
+/// One distinct `seriesQuery` and the rules that share it, so it is listed once per relist.
 #[derive(Debug, Clone)]
-pub struct ResourceRuleSet {
-    pub config: config::ResourceRules,
-    /// Which labels name namespaces, pods and nodes in the cpu and memory queries.
-    pub cpu: Rule,
-    pub memory: Rule,
-}
-
-impl ResourceRuleSet {
-    pub fn new(config: config::ResourceRules) -> Result<Self> {
-        let mapping = |rule: &config::ResourceRule| {
-            Rule::new(
-                0,
-                "",
-                vec![],
-                None,
-                None,
-                rule.resources.mapping(),
-                rule.container_query.source(),
-            )
-        };
-        Ok(Self {
-            cpu: mapping(&config.cpu)?,
-            memory: mapping(&config.memory)?,
-            config,
-        })
-    }
+pub struct SeriesQuery {
+    pub query: String,
+    pub custom: Vec<Arc<CompiledRule>>,
+    pub external: Vec<Arc<CompiledRule>>,
 }
 
 impl RuleSet {
-    /// Each distinct `seriesQuery` with the custom and external rules that share it, so it is
-    /// listed once per relist.
-    pub fn series_queries(&self) -> std::collections::BTreeMap<&str, (Vec<usize>, Vec<usize>)> {
-        let mut queries: std::collections::BTreeMap<&str, (Vec<usize>, Vec<usize>)> = Default::default();
-        for (index, rule) in self.custom.iter().enumerate() {
-            queries
-                .entry(rule.series_query.as_str())
-                .or_default()
-                .0
-                .push(index);
+    /// Custom rules only, as the built-in defaults are.
+    pub fn custom(rules: Vec<CompiledRule>) -> Self {
+        Self {
+            custom: rules.into_iter().map(Arc::new).collect(),
+            ..Self::default()
         }
-        for (index, rule) in self.external.iter().enumerate() {
-            queries
-                .entry(rule.series_query.as_str())
-                .or_default()
-                .1
-                .push(index);
+    }
+
+    /// Each distinct `seriesQuery` with the custom and external rules that share it, in query order.
+    pub fn series_queries(&self) -> Vec<SeriesQuery> {
+        fn query_of<'q>(
+            out: &'q mut BTreeMap<String, SeriesQuery>,
+            rule: &CompiledRule,
+        ) -> &'q mut SeriesQuery {
+            out.entry(rule.series_query.clone())
+                .or_insert_with(|| SeriesQuery {
+                    query: rule.series_query.clone(),
+                    custom: Vec::new(),
+                    external: Vec::new(),
+                })
         }
-        queries
+        let mut out = BTreeMap::new();
+        for rule in &self.custom {
+            query_of(&mut out, rule).custom.push(rule.clone());
+        }
+        for rule in &self.external {
+            query_of(&mut out, rule).external.push(rule.clone());
+        }
+        out.into_values().collect()
+    }
+
+    /// Sets how single-value `in` requirements become PromQL, for every rule
+    /// (`--metric-selector-regex-passthrough`).
+    pub fn set_in_regex(&mut self, in_regex: promql::InRegex) {
+        for rule in self.custom.iter_mut().chain(self.external.iter_mut()) {
+            Arc::make_mut(rule).in_regex = in_regex;
+        }
     }
 }
 
 /// Mistakes in a rule set that load but cannot work, as sentences for the log.
 pub fn lint(set: &RuleSet) -> Vec<String> {
     let mut warnings = Vec::new();
-    for (index, rule) in set.custom.iter().enumerate() {
-        let query = rule.metrics_query.source();
+    for rule in &set.custom {
+        let (index, query) = (rule.position, rule.metrics_query.source());
         // The answer is matched back to objects through the resource label, so the query must
         // keep it (prometheus-adapter issue #194 and many like it).
         if !query.contains("GroupBy") {
@@ -172,133 +141,43 @@ pub fn lint(set: &RuleSet) -> Vec<String> {
     warnings
 }
 
-/// One discovery rule.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    pub series_query: String,
-    pub filters: Vec<SeriesFilter>,
-    pub name_matches: Regex,
-    pub name_as: String,
-    pub resources: ResourceMapping,
-    pub metrics_query: template::Template,
-    /// How single-value `in` requirements of a metric selector become PromQL.
-    pub in_regex: promql::InRegex,
-    template_regex: Option<Regex>,
+/// One built-in rule: its series query, filters (`isNot` patterns), name pattern, labels and query.
+struct BuiltIn<'a> {
+    series_query: &'a str,
+    is_not: &'a [&'a str],
+    matches: Option<&'a str>,
+    resources: &'a ResourceMapping,
+    query: &'a str,
 }
 
-impl Rule {
-    /// Builds a rule, applying prometheus-adapter's defaults: `matches` defaults to `.*`, and an empty
-    /// `as` means `$0` without capture groups, `$1` with exactly one.
-    pub fn new(
-        index: usize,
-        series_query: &str,
-        filters: Vec<SeriesFilter>,
-        name_matches: Option<&str>,
-        name_as: Option<&str>,
-        resources: ResourceMapping,
-        metrics_query: &str,
-    ) -> Result<Self> {
-        let pattern = name_matches.filter(|m| !m.is_empty()).unwrap_or(".*");
-        let name_matches = compile(index, pattern)?;
-        let name_as = match name_as.filter(|a| !a.is_empty()) {
-            Some(name_as) => name_as.to_owned(),
-            None => match name_matches.captures_len() - 1 {
-                0 => "$0".to_owned(),
-                1 => "$1".to_owned(),
-                groups => {
-                    return Err(Error::AmbiguousAs {
-                        rule: index,
-                        pattern: pattern.into(),
-                        groups,
-                    });
-                }
-            },
-        };
-        let template_regex = match &resources.template {
-            Some(template) => Some(compile(index, &template_to_regex(template))?),
-            None => None,
-        };
-        Ok(Self {
-            series_query: series_query.to_owned(),
-            filters,
-            name_matches,
-            name_as,
-            resources,
-            metrics_query: template::Template::parse(metrics_query).map_err(|err| Error::Template {
-                rule: index,
-                message: err.to_string(),
-            })?,
-            in_regex: promql::InRegex::Escaped,
-            template_regex,
-        })
-    }
-
-    /// The API metric name for a series name, or None when the rule does not take the series.
-    pub fn metric_name(&self, series: &str) -> Option<String> {
-        if !self.name_matches.is_match(series) || !self.filters.iter().all(|f| f.passes(series)) {
-            return None;
-        }
-        let name = self
-            .name_matches
-            .replace_all(series, self.name_as.as_str())
-            .into_owned();
-        (!name.is_empty()).then_some(name)
-    }
-
-    /// The resource a series label names under this rule, if any.
-    pub fn resource_for_label<'r>(&self, label: &str, resources: &'r Resources) -> Option<&'r ResourceInfo> {
-        if let Some(resource) = self.resources.overrides.get(label) {
-            return resources.resolve(resource);
-        }
-        if self.resources.template_ignores.iter().any(|l| l == label) {
-            return None;
-        }
-        let captures = self.template_regex.as_ref()?.captures(label)?;
-        let resource = captures.name("resource")?.as_str();
-        match captures.name("group") {
-            Some(group) => resources.resolve(&format!("{resource}.{}", group.as_str())),
-            None => resources.for_label(resource),
-        }
-    }
-
-    /// The series label that holds the names of `resource`'s objects under this rule.
-    pub fn label_for_resource(&self, resource: &ResourceInfo, resources: &Resources) -> Option<String> {
-        let by_override = self
-            .resources
-            .overrides
+impl BuiltIn<'_> {
+    fn compile(&self, position: usize) -> Result<CompiledRule> {
+        let filters = self
+            .is_not
             .iter()
-            .find(|(_, r)| resources.resolve(r).is_some_and(|r| r == resource))
-            .map(|(label, _)| label.clone());
-        by_override.or_else(|| {
-            let template = self.resources.template.as_ref()?;
-            let group = resource.group.replace(['.', '-'], "_");
-            let label = template
-                .replace("<<.Resource>>", &resource.singular)
-                .replace("<<.Group>>", &group);
-            (!self.resources.template_ignores.contains(&label)).then_some(label)
+            .map(|p| rule::compile(position, p).map(SeriesFilter::IsNot))
+            .collect::<Result<_>>()?;
+        let metrics_query = template::Template::parse(self.query).map_err(|err| Error::Template {
+            rule: position,
+            message: err.to_string(),
+        })?;
+        CompiledRule::new(RuleParams {
+            position,
+            line: 0,
+            series_query: self.series_query.to_owned(),
+            filters,
+            name_matches: self.matches.map(|m| rule::compile(position, m)).transpose()?,
+            name_as: None,
+            resources: self.resources.clone(),
+            namespaced: true,
+            metrics_query,
         })
     }
-}
-
-fn compile(rule: usize, pattern: &str) -> Result<Regex> {
-    Regex::new(pattern).map_err(|source| Error::Regex {
-        rule,
-        pattern: pattern.into(),
-        source: Box::new(source),
-    })
-}
-
-/// Turns a resource template into an anchored regex with `resource` and `group` captures.
-fn template_to_regex(template: &str) -> String {
-    let escaped = regex::escape(template);
-    let escaped = escaped.replace(&regex::escape("<<.Resource>>"), "(?P<resource>.+?)");
-    let escaped = escaped.replace(&regex::escape("<<.Group>>"), "(?P<group>.+?)");
-    format!("^{escaped}$")
 }
 
 /// prometheus-adapter's six default rules (its `config-gen`), with the given rate window, except
 /// that the [`SCRAPE_LABELS`] name no resource.
-pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
+pub fn default_rules(rate_interval: &str) -> Result<Vec<CompiledRule>> {
     const CONTAINER_SERIES: &str = r#"{__name__=~"^container_.*",container!="POD",namespace!="",pod!=""}"#;
     const OTHER_SERIES: &str = r#"{namespace!="",__name__!~"^container_.*"}"#;
     let container_rate = format!(
@@ -309,8 +188,8 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
     let gauge = "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)";
     let container_labels = ResourceMapping {
         overrides: BTreeMap::from([
-            ("namespace".into(), "namespace".into()),
-            ("pod".into(), "pod".into()),
+            ("namespace".into(), GroupResource::core("namespace")),
+            ("pod".into(), GroupResource::core("pod")),
         ]),
         ..ResourceMapping::default()
     };
@@ -320,187 +199,55 @@ pub fn default_rules(rate_interval: &str) -> Result<Vec<Rule>> {
         template_ignores: SCRAPE_LABELS.iter().map(|l| (*l).to_owned()).collect(),
         ..ResourceMapping::default()
     };
-    let is_not = |i, p| compile(i, p).map(SeriesFilter::IsNot);
-    Ok(vec![
-        Rule::new(
-            0,
+    let built_in = |series_query, is_not, matches, resources, query| BuiltIn {
+        series_query,
+        is_not,
+        matches,
+        resources,
+        query,
+    };
+    [
+        built_in(
             CONTAINER_SERIES,
-            vec![],
+            &[],
             Some("^container_(.*)_seconds_total$"),
-            None,
-            container_labels.clone(),
+            &container_labels,
             &container_rate,
-        )?,
-        Rule::new(
-            1,
-            CONTAINER_SERIES,
-            vec![is_not(1, "^container_.*_seconds_total$")?],
-            Some("^container_(.*)_total$"),
-            None,
-            container_labels.clone(),
-            &container_rate,
-        )?,
-        Rule::new(
-            2,
-            CONTAINER_SERIES,
-            vec![is_not(2, "^container_.*_total$")?],
-            Some("^container_(.*)$"),
-            None,
-            container_labels,
-            container_gauge,
-        )?,
-        Rule::new(
-            3,
-            OTHER_SERIES,
-            vec![is_not(3, ".*_total$")?],
-            None,
-            None,
-            any_resource.clone(),
-            gauge,
-        )?,
-        Rule::new(
-            4,
-            OTHER_SERIES,
-            vec![is_not(4, ".*_seconds_total")?],
-            Some("^(.*)_total$"),
-            None,
-            any_resource.clone(),
-            &rate,
-        )?,
-        Rule::new(
-            5,
-            OTHER_SERIES,
-            vec![],
-            Some("^(.*)_seconds_total$"),
-            None,
-            any_resource,
-            &rate,
-        )?,
-    ])
-}
-
-/// Renders an external rule's `metricsQuery`: the metric selector's matchers, then the namespace
-/// matcher unless the rule says `namespaced: false`; `.GroupBy` is empty, as in prometheus-adapter.
-pub fn build_external_query(
-    rule: &Rule,
-    index: usize,
-    series: &str,
-    namespace: &str,
-    metric_selector: &Selector,
-    resources: &Resources,
-) -> Result<String> {
-    let mut matchers = promql::selector_matchers(metric_selector, rule.in_regex)?;
-    if rule.resources.namespaced.unwrap_or(true) {
-        let no_label = || Error::NoLabelForResource {
-            rule: index,
-            resource: "namespaces".into(),
-        };
-        let namespaces = resources.namespaces().ok_or_else(no_label)?;
-        let label = rule
-            .label_for_resource(namespaces, resources)
-            .ok_or_else(no_label)?;
-        matchers.push(promql::matcher(&label, promql::MatchOp::Eq, namespace));
-    }
-    let values_by_label = BTreeMap::new();
-    render(rule, index, series, &matchers, &[], &values_by_label)
-}
-
-/// Renders a rule's `metricsQuery` with prometheus-adapter's data: `.Series`, `.LabelMatchers`,
-/// `.GroupBy`, `.GroupBySlice` and `.LabelValuesByName`.
-fn render(
-    rule: &Rule,
-    index: usize,
-    series: &str,
-    matchers: &[String],
-    group_by: &[String],
-    values_by_label: &BTreeMap<String, Vec<String>>,
-) -> Result<String> {
-    template::render_metrics_query(&rule.metrics_query, series, matchers, group_by, values_by_label).map_err(
-        |err| Error::Template {
-            rule: index,
-            message: err.to_string(),
-        },
-    )
-}
-
-/// What a request asks of one metric.
-#[derive(Debug, Clone, Copy)]
-pub struct QueryRequest<'a> {
-    pub resource: &'a ResourceInfo,
-    /// The namespace from the path; None for root-scoped requests.
-    pub namespace: Option<&'a str>,
-    /// The objects to select; None selects every object that has a series.
-    pub names: Option<&'a [String]>,
-    pub metric_selector: &'a Selector,
-}
-
-/// A rendered query and the labels that map its samples back to objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Query {
-    pub promql: String,
-    pub resource_label: String,
-    /// Set when samples carry the object's namespace (namespaced resources).
-    pub namespace_label: Option<String>,
-}
-
-/// Renders the rule's `metricsQuery` for a request.
-pub fn build_query(
-    rule: &Rule,
-    index: usize,
-    series: &str,
-    req: QueryRequest<'_>,
-    resources: &Resources,
-) -> Result<Query> {
-    let no_label = |resource: &ResourceInfo| Error::NoLabelForResource {
-        rule: index,
-        resource: resource.group_resource(),
-    };
-    let resource_label = rule
-        .label_for_resource(req.resource, resources)
-        .ok_or_else(|| no_label(req.resource))?;
-    let namespace_label = match (req.resource.namespaced, resources.namespaces()) {
-        (true, Some(namespaces)) => Some(
-            rule.label_for_resource(namespaces, resources)
-                .ok_or_else(|| no_label(namespaces))?,
         ),
-        _ => None,
-    };
-
-    let mut matchers = promql::selector_matchers(req.metric_selector, rule.in_regex)?;
-    let mut group_by = vec![resource_label.clone()];
-    if let Some(namespace_label) = &namespace_label {
-        match req.namespace {
-            Some(namespace) => {
-                matchers.push(promql::matcher(namespace_label, promql::MatchOp::Eq, namespace))
-            }
-            // A cluster-wide request for a namespaced resource keeps objects of different namespaces apart.
-            None => group_by.push(namespace_label.clone()),
-        }
-    }
-    matchers.push(match req.names {
-        Some(names) => promql::names_matcher(&resource_label, names),
-        None => promql::matcher(&resource_label, promql::MatchOp::Ne, ""),
-    });
-
-    // `.LabelValuesByName`: values regex-escaped and string-escaped, since templates place them
-    // inside `=~"..."` (prometheus-adapter passes them raw).
-    let escape = |value: &str| {
-        let quoted = promql::go_quote(&promql::regex_escape(value));
-        quoted[1..quoted.len() - 1].to_owned()
-    };
-    let mut values_by_label = BTreeMap::new();
-    if let (Some(label), Some(namespace)) = (&namespace_label, req.namespace) {
-        values_by_label.insert(label.clone(), vec![escape(namespace)]);
-    }
-    if let Some(names) = req.names {
-        values_by_label.insert(resource_label.clone(), names.iter().map(|n| escape(n)).collect());
-    }
-    let promql = render(rule, index, series, &matchers, &group_by, &values_by_label)?;
-    Ok(Query {
-        promql,
-        resource_label,
-        namespace_label,
-    })
+        built_in(
+            CONTAINER_SERIES,
+            &["^container_.*_seconds_total$"],
+            Some("^container_(.*)_total$"),
+            &container_labels,
+            &container_rate,
+        ),
+        built_in(
+            CONTAINER_SERIES,
+            &["^container_.*_total$"],
+            Some("^container_(.*)$"),
+            &container_labels,
+            container_gauge,
+        ),
+        built_in(OTHER_SERIES, &[".*_total$"], None, &any_resource, gauge),
+        built_in(
+            OTHER_SERIES,
+            &[".*_seconds_total"],
+            Some("^(.*)_total$"),
+            &any_resource,
+            &rate,
+        ),
+        built_in(
+            OTHER_SERIES,
+            &[],
+            Some("^(.*)_seconds_total$"),
+            &any_resource,
+            &rate,
+        ),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(position, rule)| rule.compile(position))
+    .collect()
 }
 
 #[cfg(test)]
@@ -508,11 +255,36 @@ mod injection_tests;
 
 #[cfg(test)]
 mod tests {
+    use regex::Regex;
+
     use super::*;
+    use crate::{
+        objects::{ResourceInfo, Resources},
+        selector::Selector,
+    };
+
+    /// A rule over `{}` with the given name pattern, `as` and resources.
+    fn rule(
+        matches: Option<&str>,
+        name_as: Option<&str>,
+        resources: ResourceMapping,
+    ) -> Result<CompiledRule> {
+        CompiledRule::new(RuleParams {
+            position: 0,
+            line: 0,
+            series_query: "{}".into(),
+            filters: vec![],
+            name_matches: matches.map(|m| Regex::new(m).unwrap()),
+            name_as: name_as.map(str::to_owned),
+            resources,
+            namespaced: true,
+            metrics_query: template::Template::parse("x").unwrap(),
+        })
+    }
 
     /// The rules that name `series`, among those whose seriesQuery returns it (container_*
     /// series only reach rules 0-2, everything else only rules 3-5).
-    fn name(rules: &[Rule], series: &str) -> Vec<(usize, String)> {
+    fn name(rules: &[CompiledRule], series: &str) -> Vec<(usize, String)> {
         let reachable = if series.starts_with("container_") {
             0..3
         } else {
@@ -558,30 +330,53 @@ mod tests {
         let template_rule = &rules[4];
         assert_eq!(
             template_rule
+                .resources
                 .resource_for_label("pod", &resources)
                 .map(|r| r.kind.as_str()),
             Some("Pod")
         );
         assert_eq!(
             template_rule
+                .resources
                 .resource_for_label("service", &resources)
                 .map(|r| r.kind.as_str()),
             Some("Service")
         );
-        assert!(template_rule.resource_for_label("instance", &resources).is_none());
+        assert!(
+            template_rule
+                .resources
+                .resource_for_label("instance", &resources)
+                .is_none()
+        );
         let services = resources.resolve("svc").unwrap();
         assert_eq!(
-            template_rule.label_for_resource(services, &resources).as_deref(),
+            template_rule
+                .resources
+                .label_for_resource(services, &resources)
+                .as_deref(),
             Some("service")
         );
         let container_rule = &rules[0];
-        assert!(container_rule.resource_for_label("service", &resources).is_none());
+        assert!(
+            container_rule
+                .resources
+                .resource_for_label("service", &resources)
+                .is_none()
+        );
         let pods = resources.resolve("pods").unwrap();
         assert_eq!(
-            container_rule.label_for_resource(pods, &resources).as_deref(),
+            container_rule
+                .resources
+                .label_for_resource(pods, &resources)
+                .as_deref(),
             Some("pod")
         );
-        assert!(container_rule.label_for_resource(services, &resources).is_none());
+        assert!(
+            container_rule
+                .resources
+                .label_for_resource(services, &resources)
+                .is_none()
+        );
     }
 
     #[test]
@@ -615,32 +410,28 @@ mod tests {
         let built_in = &default_rules("2m").unwrap()[3];
         for label in SCRAPE_LABELS {
             assert!(
-                built_in.resource_for_label(label, &resources).is_none(),
+                built_in.resources.resource_for_label(label, &resources).is_none(),
                 "{label}"
             );
         }
-        assert!(built_in.label_for_resource(&job, &resources).is_none());
+        assert!(built_in.resources.label_for_resource(&job, &resources).is_none());
         assert_eq!(
-            built_in.resource_for_label("deployment", &resources),
+            built_in.resources.resource_for_label("deployment", &resources),
             Some(&deployment)
         );
         // A user's rules map what they say: the same template without the ignores maps `job`.
-        let user = Rule::new(
-            0,
-            "{}",
-            vec![],
+        let user = rule(
             None,
             None,
             ResourceMapping {
                 template: Some("<<.Resource>>".into()),
                 ..ResourceMapping::default()
             },
-            "x",
         )
         .unwrap();
-        assert_eq!(user.resource_for_label("job", &resources), Some(&job));
+        assert_eq!(user.resources.resource_for_label("job", &resources), Some(&job));
         assert_eq!(
-            user.resource_for_label("prometheus", &resources),
+            user.resources.resource_for_label("prometheus", &resources),
             Some(&prometheus)
         );
     }
@@ -658,7 +449,7 @@ mod tests {
             names: Some(&names),
             metric_selector: &everything,
         };
-        let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
+        let query = rules[4].query("http_requests_total", req, &resources).unwrap();
         assert_eq!(
             query.promql,
             r#"sum(rate(http_requests_total{namespace="default",service="sample-metrics-app"}[2m])) by (service)"#
@@ -675,7 +466,7 @@ mod tests {
             names: Some(&names),
             metric_selector: &selector,
         };
-        let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
+        let query = rules[4].query("http_requests_total", req, &resources).unwrap();
         assert_eq!(
             query.promql,
             r#"sum(rate(http_requests_total{code!="500",verb=~"GET|POST",namespace="prod",pod=~"a\\.1|b"}[2m])) by (pod)"#
@@ -687,7 +478,7 @@ mod tests {
             names: None,
             metric_selector: &everything,
         };
-        let query = build_query(&rules[3], 3, "queue_depth", req, &resources).unwrap();
+        let query = rules[3].query("queue_depth", req, &resources).unwrap();
         assert_eq!(query.promql, r#"sum(queue_depth{pod!=""}) by (pod,namespace)"#);
 
         let namespaces = resources.resolve("namespaces").unwrap();
@@ -698,7 +489,7 @@ mod tests {
             names: Some(&names),
             metric_selector: &everything,
         };
-        let query = build_query(&rules[4], 4, "http_requests_total", req, &resources).unwrap();
+        let query = rules[4].query("http_requests_total", req, &resources).unwrap();
         assert_eq!(
             query.promql,
             r#"sum(rate(http_requests_total{namespace="default"}[2m])) by (namespace)"#
@@ -709,17 +500,8 @@ mod tests {
     #[test]
     fn name_as_defaults() {
         let mapping = ResourceMapping::default();
-        assert!(Rule::new(0, "{}", vec![], Some("^(a)(b)$"), None, mapping.clone(), "x").is_err());
-        let rule = Rule::new(
-            0,
-            "{}",
-            vec![],
-            Some("^(.*)_count$"),
-            Some("${1}_per_thing"),
-            mapping,
-            "x",
-        )
-        .unwrap();
+        assert!(rule(Some("^(a)(b)$"), None, mapping.clone()).is_err());
+        let rule = rule(Some("^(.*)_count$"), Some("${1}_per_thing"), mapping).unwrap();
         assert_eq!(rule.metric_name("jobs_count").as_deref(), Some("jobs_per_thing"));
         assert_eq!(rule.metric_name("jobs_total"), None);
     }

@@ -135,7 +135,7 @@ fn alternation(values: &[String]) -> String {
 }
 
 /// Whether `s` is a classic Prometheus label name, `[a-zA-Z_][a-zA-Z0-9_]*`.
-fn is_label_name(s: &str) -> bool {
+pub fn is_label_name(s: &str) -> bool {
     let mut bytes = s.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')

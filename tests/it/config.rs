@@ -187,7 +187,7 @@ async fn a_series_query_prometheus_rejects_does_not_hide_the_others() {
     let broken = "- seriesQuery: '{__name__=~\"(\"}'\n  resources: {overrides: {pod: {resource: pod}}}\n  \
                   metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'\n";
     let text = WALKTHROUGH.replace("externalRules:\n", &format!("{broken}externalRules:\n"));
-    let set = config::parse(&text, "test.yaml").unwrap().rule_set().unwrap();
+    let set = config::parse(&text, "test.yaml").unwrap().rule_set();
     assert_eq!((set.custom.len(), set.external.len()), (2, 1));
     let adapter = TestAdapter::start(AdapterOptions {
         rules_yaml: Some(text),

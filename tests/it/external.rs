@@ -107,3 +107,32 @@ async fn external_discovery_and_errors() {
     let empty = "{\"kind\":\"APIResourceList\",\"apiVersion\":\"v1\",\"groupVersion\":\"external.metrics.k8s.io/v1beta1\",\"resources\":[]}\n";
     assert_eq!(get(&plain, E).await, (200, empty.to_owned()));
 }
+
+/// prometheus-adapter fills `.LabelValuesByName` of an external query from the request's
+/// labelSelector (values `|`-joined) and, for a namespaced rule, the namespace.
+#[tokio::test]
+async fn label_values_by_name_come_from_the_label_selector() {
+    let rules = r#"
+externalRules:
+- seriesQuery: '{__name__="queue_depth"}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+  metricsQuery: 'sum(<<.Series>>{pod=~"<<index .LabelValuesByName "pod">>",namespace="<<index .LabelValuesByName "namespace">>"}) by (pod)'
+"#;
+    let adapter = TestAdapter::start(AdapterOptions {
+        rules_yaml: Some(rules.into()),
+        ..Default::default()
+    })
+    .await;
+    let selected = format!(
+        "{E}/namespaces/default/queue_depth?labelSelector={}",
+        urlencode("pod in (worker-0,worker-9)")
+    );
+    let (status, body) = get(&adapter, &selected).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        external_items(&body)[0]["metricLabels"],
+        serde_json::json!({"pod": "worker-0"})
+    );
+}

@@ -11,7 +11,7 @@ use std::{
 };
 
 use custom_metrics_adapter::{
-    rules::{Rule, SeriesFilter, config as adapter_config, default_rules},
+    rules::{CompiledRule, SeriesFilter, config as adapter_config, default_rules},
     server::TlsSource,
 };
 use k8s_openapi::{
@@ -857,7 +857,7 @@ fn adapter_manifests_match_their_schemas_and_each_other() {
 }
 
 /// What a discovery rule does, with prometheus-adapter's defaults applied.
-fn rule_summary(rule: &Rule) -> String {
+fn rule_summary(rule: &CompiledRule) -> String {
     let filters: Vec<String> = rule
         .filters
         .iter()
@@ -871,7 +871,7 @@ fn rule_summary(rule: &Rule) -> String {
         rule.series_query,
         rule.name_matches.as_str(),
         rule.name_as,
-        rule.resources.namespaced.unwrap_or(true),
+        rule.namespaced,
         rule.metrics_query.source(),
     )
 }
@@ -897,15 +897,16 @@ const NAMEABLE: &[(&str, &str, &str)] = &[
 /// built-in rules (cAdvisor's) map the same labels as those.
 fn check_config_resources(text: &str, object: &Object, reader_rules: &[PolicyRule]) {
     let config = adapter_config::parse(text, &object.to_string()).expect("parsed above");
-    let rules = config.custom_rules().expect("loaded above");
+    let rules = &config.rules;
     let built_in = default_rules("2m").expect("built-in rules");
     for (i, (rule, expected)) in rules.iter().zip(&built_in).enumerate() {
         let at = format!("{object}: config.yaml rule {i}");
         assert_eq!(
-            rule.resources.template, None,
+            rule.resources.template(),
+            None,
             "{at}: a template maps labels to resources the ClusterRole does not grant; list overrides"
         );
-        if expected.resources.template.is_none() {
+        if expected.resources.template().is_none() {
             assert_eq!(
                 rule.resources.overrides, expected.resources.overrides,
                 "{at}: resources.overrides differ from the built-in rule's"
@@ -916,7 +917,7 @@ fn check_config_resources(text: &str, object: &Object, reader_rules: &[PolicyRul
                 !custom_metrics_adapter::rules::SCRAPE_LABELS.contains(&label.as_str()),
                 "{at}: {label} is on every scraped series; it names no object"
             );
-            let (name, group) = resource.split_once('.').unwrap_or((resource, ""));
+            let (name, group) = (resource.resource.as_str(), resource.group.as_str());
             let (_, _, plural) = NAMEABLE
                 .iter()
                 .find(|(g, singular, plural)| *g == group && (*singular == name || *plural == name))
@@ -928,7 +929,7 @@ fn check_config_resources(text: &str, object: &Object, reader_rules: &[PolicyRul
                 );
             }
         }
-        if expected.resources.template.is_some() {
+        if expected.resources.template().is_some() {
             for label in ["namespace", "pod", "service"] {
                 assert!(
                     rule.resources.overrides.contains_key(label),
@@ -946,12 +947,10 @@ fn check_default_config(text: &str, object: &Object) {
     let origin = object.to_string();
     let config = adapter_config::parse(text, &origin)
         .unwrap_or_else(|e| panic!("{object}: the adapter refuses config.yaml: {e}"));
-    let rules = config
-        .custom_rules()
-        .unwrap_or_else(|e| panic!("{object}: the adapter refuses config.yaml: {e}"));
+    let rules = &config.rules;
     let built_in = default_rules("2m").expect("built-in rules");
     assert_eq!(
-        rules.iter().map(rule_summary).collect::<Vec<_>>(),
+        rules.iter().map(|r| rule_summary(r)).collect::<Vec<_>>(),
         built_in.iter().map(rule_summary).collect::<Vec<_>>(),
         "{object}: config.yaml does not load as the built-in rules (--rate-interval 2m), apart from resources"
     );
@@ -979,9 +978,7 @@ fn check_default_config(text: &str, object: &Object) {
     let text = format!("{head}{}\n", uncommented.join("\n"));
     let config = adapter_config::parse(&text, &origin)
         .unwrap_or_else(|e| panic!("{object}: the externalRules example, uncommented, does not load: {e}"));
-    let set = config
-        .rule_set()
-        .unwrap_or_else(|e| panic!("{object}: the externalRules example, uncommented, does not load: {e}"));
+    let set = config.rule_set();
     assert_eq!(
         (set.custom.len(), set.external.len()),
         (6, 1),

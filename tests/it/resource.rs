@@ -48,8 +48,12 @@ fn assert_irate_close(actual: f64, expected: f64, what: &str) {
 }
 
 async fn start() -> TestAdapter {
+    start_with(CONFIG).await
+}
+
+async fn start_with(rules: &str) -> TestAdapter {
     TestAdapter::start(AdapterOptions {
-        rules_yaml: Some(CONFIG.into()),
+        rules_yaml: Some(rules.into()),
         objects_yaml: Some(format!(
             "{OBJECTS_YAML}nodes:\n  - {{name: node-1}}\n  - {{name: node-2}}\n"
         )),
@@ -187,4 +191,30 @@ async fn kubectl_top_reads_pods_and_nodes() {
     assert_irate_close(quantity(rows[0][2]), 0.25, "kubectl top cpu");
     // `kubectl top nodes` also lists nodes from the core API, which only a real API server has;
     // node_metrics_and_discovery covers the NodeMetrics it reads.
+}
+
+/// As in prometheus-adapter, a containerQuery groups by the pod label and the container label
+/// only, one query per namespace: here the memory query reports how many labels `.GroupBySlice`
+/// holds, for every pod of every namespace.
+#[tokio::test]
+async fn container_queries_group_by_pod_and_container() {
+    let memory = "sum by (<<.GroupBy>>) (container_memory_working_set_bytes{<<.LabelMatchers>>,container!=\"\",pod!=\"\"})\n";
+    assert!(CONFIG.contains(memory));
+    let counted = format!("{} * 0 + <<len .GroupBySlice>>\n", memory.trim_end());
+    let adapter = start_with(&CONFIG.replace(memory, &counted)).await;
+    for path in ["namespaces/default/pods", "pods"] {
+        let (status, body) = adapter.get(&format!("{M}/{path}")).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        let list: Value = serde_json::from_str(&body).unwrap();
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{path}: {body}");
+        assert_eq!(
+            (&items[0]["metadata"]["namespace"], &items[0]["metadata"]["name"]),
+            (&Value::from("default"), &Value::from("backend-0")),
+            "{path}: {body}"
+        );
+        for container in items[0]["containers"].as_array().unwrap() {
+            assert_eq!(container["usage"]["memory"], "2", "{path}: {body}");
+        }
+    }
 }
