@@ -1,8 +1,5 @@
 //! Discovery documents (`/apis`, `/apis/<group>`, `/apis/<group>/<version>`), `/version` and
 //! a minimal OpenAPI document for the aggregator.
-
-use std::collections::{BTreeMap, BTreeSet};
-
 use axum::{extract::State, http::StatusCode, response::Response};
 use serde_json::json;
 
@@ -13,7 +10,6 @@ use super::{
     types::{ApiGroup, ApiGroupList, ApiResource, ApiResourceList, GroupVersion, VersionInfo},
     wants_pretty,
 };
-use crate::{objects::ResourceInfo, pipeline::Pipeline, rules::Discovery};
 
 fn api_group(def: &GroupDef, with_type_meta: bool) -> ApiGroup {
     let group_version = |version: &str| GroupVersion {
@@ -61,8 +57,6 @@ pub(super) async fn resource_list(
     PathParts((group, version)): PathParts<(String, String)>,
     Params(params): Params,
 ) -> Response {
-    // A full Arc, not a guard: the forbidden check below awaits.
-    let discovery = state.pipeline.discovery();
     let served = served_groups(&state.pipeline)
         .into_iter()
         .any(|g| g.name == group && g.versions.contains(&version.as_str()));
@@ -80,10 +74,12 @@ pub(super) async fn resource_list(
             })
             .collect()
     } else if group == EXTERNAL_GROUP.name {
-        discovery
-            .external_metrics()
-            .map(|(metric, _)| ApiResource {
-                name: metric.to_owned(),
+        state
+            .pipeline
+            .external_metric_names()
+            .into_iter()
+            .map(|metric| ApiResource {
+                name: metric,
                 singular_name: String::new(),
                 namespaced: true,
                 kind: "ExternalMetricValueList",
@@ -91,14 +87,15 @@ pub(super) async fn resource_list(
             })
             .collect()
     } else {
-        let forbidden = forbidden_resources(&state.pipeline, &discovery).await;
-        discovery
-            .iter()
-            .filter(|(_, entry)| !forbidden.contains(&entry.resource.group_resource()))
-            .map(|(metric, entry)| ApiResource {
-                name: format!("{}/{metric}", entry.resource.group_resource()),
+        state
+            .pipeline
+            .served_metrics()
+            .await
+            .into_iter()
+            .map(|metric| ApiResource {
+                name: metric.name,
                 singular_name: String::new(),
-                namespaced: entry.resource.namespaced,
+                namespaced: metric.namespaced,
                 kind: "MetricValueList",
                 verbs: vec!["get"],
             })
@@ -111,29 +108,6 @@ pub(super) async fn resource_list(
         resources,
     };
     json_response(StatusCode::OK, &list, wants_pretty(&params))
-}
-
-/// The resources of `discovery` the adapter may not list and watch, so cannot serve: their metrics
-/// are left out of the discovery documents. Asked concurrently; each answer is cached by the source.
-async fn forbidden_resources(state: &Pipeline, discovery: &Discovery) -> BTreeSet<String> {
-    let Some(objects) = state.objects() else {
-        return BTreeSet::new();
-    };
-    let resources: BTreeMap<String, &ResourceInfo> = discovery
-        .iter()
-        .map(|(_, entry)| (entry.resource.group_resource(), &entry.resource))
-        .collect();
-    let answers = futures::future::join_all(
-        resources
-            .into_iter()
-            .map(|(key, resource)| async move { (key, objects.may_serve(resource).await) }),
-    )
-    .await;
-    answers
-        .into_iter()
-        .filter(|(_, may)| !may)
-        .map(|(key, _)| key)
-        .collect()
 }
 
 pub(super) async fn version(Params(params): Params) -> Response {

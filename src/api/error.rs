@@ -5,10 +5,7 @@ use axum::http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use axum::response::{IntoResponse, Response};
 
 use super::types::{ListMeta, Status, StatusCause, StatusDetails};
-use crate::{
-    backend::{self, ErrorKind},
-    pipeline,
-};
+use crate::pipeline::{self, BackendError, BackendFailure};
 
 /// An error on its way to the client.
 #[derive(Debug, Clone)]
@@ -195,16 +192,16 @@ impl From<pipeline::Error> for ApiError {
 
 /// Maps backend failures to the status a client can act on. The message is the error's
 /// summary: the backend's URL and words went to the log (the client logs every failed query).
-fn backend_error(err: backend::Error) -> ApiError {
+fn backend_error(err: BackendError) -> ApiError {
     let message = format!("unable to fetch metrics: {}", err.summary());
     match err.kind() {
-        ErrorKind::Timeout => ApiError::timeout(message, 1),
-        ErrorKind::Unreachable => ApiError::service_unavailable(message),
-        ErrorKind::Unavailable { retry_after } => {
+        BackendFailure::Timeout => ApiError::timeout(message, 1),
+        BackendFailure::Unreachable => ApiError::service_unavailable(message),
+        BackendFailure::Unavailable { retry_after } => {
             let seconds = u32::try_from(retry_after.as_secs()).unwrap_or(u32::MAX);
             ApiError::service_unavailable_retry(message, seconds)
         }
-        ErrorKind::Failed => ApiError::internal(message),
+        BackendFailure::Failed => ApiError::internal(message),
     }
 }
 

@@ -2,12 +2,17 @@
 //! resources and objects that exist, and the metrics backend. `api` turns a request into calls
 //! here and the answers into wire types; nothing here knows HTTP.
 
+mod catalog;
 mod custom;
 mod external;
 mod relist;
+mod resource;
 
+pub use crate::backend::{Error as BackendError, ErrorKind as BackendFailure};
+pub use catalog::ServedMetric;
 pub use custom::{DescribedObject, MetricPath, MetricRequest, ObjectName, ObjectValue};
 pub use external::ExternalValue;
+pub use resource::{NodeUsage, PodUsage, Usage};
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicBool},
