@@ -7,6 +7,8 @@ mod custom;
 mod external;
 mod relist;
 mod resource;
+#[cfg(test)]
+mod tests;
 
 pub use crate::backend::{Error as BackendError, ErrorKind as BackendFailure};
 pub use catalog::ServedMetric;
