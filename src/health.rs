@@ -54,8 +54,4 @@ impl Health {
         }
         checks
     }
-
-    pub fn is_ready(&self) -> bool {
-        self.readiness().iter().all(|(_, r)| r.is_ready())
-    }
 }

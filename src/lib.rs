@@ -1,23 +1,26 @@
 //! custom-metrics-adapter: a Kubernetes custom metrics API server backed by Prometheus.
 //!
-//! A request reads straight through the modules: [`server`] (TLS) → [`api`] (route, wire types,
-//! Status errors) → [`rules`] (naming, PromQL) → [`objects`] / [`backend`] → [`quantity`] → JSON.
+//! The modules form a one-way graph (README, "Development"): `main` → [`app`] (wiring, from the
+//! [`config`]) → [`server`] (TLS, connections), `api` (routes, wire types, Status errors), `auth`
+//! (delegated authentication and authorization); `api` → `pipeline` (a request's steps) →
+//! [`rules`] (naming, PromQL), [`objects`] (what exists), [`backend`] (Prometheus, or in memory),
+//! [`quantity`], [`selector`]. Nothing below imports anything above.
 #![forbid(unsafe_code)]
 
-pub mod api;
+mod api;
 pub mod app;
-pub mod auth;
+mod auth;
 pub mod backend;
 pub mod check;
-pub mod cluster;
+mod cluster;
 pub mod config;
-pub mod duration;
+mod duration;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod health;
+mod health;
 pub mod objects;
-pub mod periodic;
-pub mod pipeline;
+mod periodic;
+mod pipeline;
 pub mod quantity;
 pub mod rules;
 pub mod selector;

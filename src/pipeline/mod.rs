@@ -11,10 +11,8 @@ mod resource;
 mod tests;
 
 pub use crate::backend::{Error as BackendError, ErrorKind as BackendFailure};
-pub use catalog::ServedMetric;
 pub use custom::{DescribedObject, MetricPath, MetricRequest, ObjectName, ObjectValue};
-pub use external::ExternalValue;
-pub use resource::{NodeUsage, PodUsage, Usage};
+pub use resource::Usage;
 
 use std::{
     sync::{Arc, Mutex, atomic::AtomicBool},
@@ -125,10 +123,6 @@ impl Pipeline {
     /// The latest discovery snapshot.
     pub fn discovery(&self) -> Arc<Discovery> {
         self.discovery.load_full()
-    }
-
-    pub fn resources(&self) -> &Arc<SharedResources> {
-        &self.resources
     }
 
     pub fn objects(&self) -> Option<&Arc<dyn ObjectSource>> {
