@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use rcgen::ExtendedKeyUsagePurpose;
 use serde_json::Value;
@@ -18,25 +17,17 @@ pub(crate) const HPA_USER: &str = "system:serviceaccount:kube-system:horizontal-
 pub(crate) const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/default/pods/*/http_requests";
 
 pub(crate) struct Cluster {
+    /// Declared first, so the adapter stops before the fake API server does.
+    adapter: Option<TestAdapter>,
     pub(crate) fake: FakeKube,
-    adapter: std::net::SocketAddr,
     front_proxy_ca: Ca,
     client_ca: Ca,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 impl Cluster {
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.adapter)
+        self.adapter.as_ref().expect("adapter started").url(path)
     }
 
     fn auth_configmap(&self, front_proxy_ca: &Ca) {
@@ -104,7 +95,7 @@ async fn start_cluster() -> Cluster {
 
 /// [`start_cluster`] with `prepare` applied to the fake first, optionally not waiting for readiness.
 pub(crate) async fn start_cluster_with(prepare: impl FnOnce(&FakeKube), wait_ready: bool) -> Cluster {
-    start_cluster_full(prepare, wait_ready, &[], |_, _| {}).await
+    start_cluster_full(prepare, wait_ready, &[], |_| {}).await
 }
 
 /// [`start_cluster_with`] and more flags; `--prometheus-url` among them replaces the real one.
@@ -113,15 +104,14 @@ pub(crate) async fn start_cluster_args(
     wait_ready: bool,
     extra_args: &[&str],
 ) -> Cluster {
-    start_cluster_full(prepare, wait_ready, extra_args, |_, _| {}).await
+    start_cluster_full(prepare, wait_ready, extra_args, |_| {}).await
 }
 
-/// [`start_cluster_with`], with `configure` editing the adapter's flags (given the test's
-/// directory, for files the flags name) before it starts.
+/// [`start_cluster_with`], with `configure` editing the adapter's options before it starts.
 async fn start_cluster_configured(
     prepare: impl FnOnce(&FakeKube),
     wait_ready: bool,
-    configure: impl FnOnce(&mut custom_metrics_adapter::config::Args, &std::path::Path),
+    configure: impl FnOnce(&mut AdapterOptions),
 ) -> Cluster {
     start_cluster_full(prepare, wait_ready, &[], configure).await
 }
@@ -130,7 +120,7 @@ async fn start_cluster_full(
     prepare: impl FnOnce(&FakeKube),
     wait_ready: bool,
     extra_args: &[&str],
-    configure: impl FnOnce(&mut custom_metrics_adapter::config::Args, &std::path::Path),
+    configure: impl FnOnce(&mut AdapterOptions),
 ) -> Cluster {
     install_crypto_provider();
     let fake = FakeKube::start().await;
@@ -142,68 +132,30 @@ async fn start_cluster_full(
     }
     fake.upsert_pod("default", "backend-0", &[("app", "backend")], "Running");
     fake.upsert_service("default", "sample-metrics-app", &[("app", "sample-metrics-app")]);
-    let front_proxy_ca = Ca::new("front-proxy-ca");
-    let client_ca = Ca::new("cluster-ca");
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = fake.write_kubeconfig(dir.path());
     let mut cluster = Cluster {
+        adapter: None,
         fake,
-        adapter: "127.0.0.1:1".parse().unwrap(),
-        front_proxy_ca,
-        client_ca,
-        stop: None,
+        front_proxy_ca: Ca::new("front-proxy-ca"),
+        client_ca: Ca::new("cluster-ca"),
         _dir: dir,
     };
     cluster.auth_configmap(&cluster.front_proxy_ca);
     prepare(&cluster.fake);
-
-    let kubeconfig = kubeconfig.display().to_string();
-    let cert_dir = cluster._dir.path().join("certs").display().to_string();
-    let prometheus_url = match extra_args.iter().position(|a| *a == "--prometheus-url") {
-        Some(_) => Vec::new(),
-        None => vec!["--prometheus-url", &env().prometheus_url],
+    let mut options = AdapterOptions {
+        kubeconfig: Some(kubeconfig),
+        flags: extra_args
+            .iter()
+            .copied()
+            .chain(["--metrics-relist-interval", "1s"])
+            .map(str::to_owned)
+            .collect(),
+        unready: !wait_ready,
+        ..Default::default()
     };
-    let mut args = custom_metrics_adapter::config::Args::parse_from(
-        ["custom-metrics-adapter"]
-            .into_iter()
-            .chain(prometheus_url)
-            .chain(extra_args.iter().copied())
-            .chain([
-                "--lister-kubeconfig",
-                &kubeconfig,
-                "--authentication-kubeconfig",
-                &kubeconfig,
-                "--authorization-kubeconfig",
-                &kubeconfig,
-                "--cert-dir",
-                &cert_dir,
-                "--metrics-relist-interval",
-                "1s",
-            ]),
-    );
-    configure(&mut args, cluster._dir.path());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    cluster.adapter = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    cluster.stop = Some(stop);
-    tokio::spawn(async move {
-        let result = custom_metrics_adapter::app::serve(
-            custom_metrics_adapter::config::Config::from_args(&args).expect("flags"),
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-        )
-        .await;
-        if let Err(err) = result {
-            eprintln!("adapter stopped: {err:#}");
-        }
-    });
-    if !wait_ready {
-        return cluster;
-    }
-    // Ready once the caches synced and metrics were discovered.
-    crate::support::wait_ready(&cluster.url("/readyz"), Duration::from_secs(30)).await;
+    configure(&mut options);
+    cluster.adapter = Some(TestAdapter::start(options).await);
     cluster
 }
 
@@ -528,11 +480,9 @@ fn rbac_like_deploy(fake: &FakeKube) {
     fake.enforce_rbac();
 }
 
-/// Writes [`JOB_RULES`] into `dir` and points `--config` at it.
-fn job_rules(args: &mut custom_metrics_adapter::config::Args, dir: &std::path::Path) {
-    let path = dir.join("job-rules.yaml");
-    std::fs::write(&path, JOB_RULES).unwrap();
-    args.config = Some(path);
+/// Serves [`JOB_RULES`] (`--config`).
+fn job_rules(options: &mut AdapterOptions) {
+    options.rules_yaml = Some(JOB_RULES.into());
 }
 
 impl Cluster {
@@ -622,9 +572,9 @@ async fn a_resource_rbac_forbids_answers_404_naming_the_permission_and_the_adapt
 
 #[tokio::test]
 async fn granting_a_forbidden_resource_serves_it_without_a_restart() {
-    let cluster = start_cluster_configured(rbac_like_deploy, true, |args, dir| {
-        job_rules(args, dir);
-        args.access_recheck = Duration::from_secs(1);
+    let cluster = start_cluster_configured(rbac_like_deploy, true, |options| {
+        job_rules(options);
+        options.access_recheck = Some(Duration::from_secs(1));
     })
     .await;
     cluster.fake.allow(HPA_USER, "get", "custom.metrics.k8s.io", "*");

@@ -3,7 +3,6 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use clap::Parser;
 use custom_metrics_adapter::rules::config;
 
 use crate::support::*;
@@ -99,35 +98,17 @@ fn write_configmap_volume(dir: &Path, generation: u32, text: &str) {
 async fn config_reloads_keep_the_old_rules_when_the_new_file_is_bad() {
     let dir = tempfile::tempdir().unwrap();
     write_configmap_volume(dir.path(), 1, WALKTHROUGH);
-    let objects = dir.path().join("objects.yaml");
-    std::fs::write(&objects, OBJECTS_YAML).unwrap();
-    let args = custom_metrics_adapter::config::Args::parse_from([
-        "custom-metrics-adapter",
-        "--config",
-        &dir.path().join("config.yaml").display().to_string(),
-        "--objects-file",
-        &objects.display().to_string(),
-        "--insecure-allow-anonymous",
-        "--prometheus-url",
-        &env().prometheus_url,
-        "--cert-dir",
-        &dir.path().join("certs").display().to_string(),
-    ]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(custom_metrics_adapter::app::serve(
-        custom_metrics_adapter::config::Config::from_args(&args).expect("flags"),
-        listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let client = https();
-    let get = async |path: &str| {
-        let response = client.get(format!("https://{addr}{path}")).send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    };
+    // The rules file is a ConfigMap-style volume of the test's own, so its path is a flag.
+    let adapter = TestAdapter::start(AdapterOptions {
+        objects_yaml: Some(OBJECTS_YAML.into()),
+        flags: vec![
+            "--config".into(),
+            dir.path().join("config.yaml").display().to_string(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let get = async |path: &str| adapter.get(path).await;
     let per_second =
         "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/http_requests_per_second";
     let rate = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/default/pods/backend-0/http_requests_rate";
@@ -177,8 +158,7 @@ async fn config_reloads_keep_the_old_rules_when_the_new_file_is_bad() {
         body.contains(r#"custom_metrics_adapter_config_reloads_total{result="success"} 1"#),
         "{body}"
     );
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    adapter.shutdown().await.expect("a clean shutdown");
 }
 
 #[tokio::test]

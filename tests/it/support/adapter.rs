@@ -40,6 +40,11 @@ pub struct AdapterOptions {
     pub flags: Vec<String>,
     /// Return as soon as the server listens, without waiting for `/readyz`.
     pub unready: bool,
+    /// A cluster (the fake API server's kubeconfig) to watch objects in and to delegate
+    /// authentication and authorization to; without it everyone is served.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// How soon a resource RBAC forbids is looked at again (not a flag).
+    pub access_recheck: Option<Duration>,
 }
 
 /// An adapter served in this test's runtime; stops when dropped.
@@ -60,16 +65,21 @@ impl TestAdapter {
                 options: options.server.clone().unwrap_or(config.server.options),
                 ..config.server
             },
+            objects: config::ObjectsConfig {
+                access_recheck: options.access_recheck.unwrap_or(config.objects.access_recheck),
+                ..config.objects
+            },
             ..config
         };
         let seams = Seams {
             backend: query_backend(&options),
-            objects: match &options.objects_yaml {
+            objects: match (&options.kubeconfig, &options.objects_yaml) {
+                (Some(_), _) => ObjectsSeam::FromConfig,
                 // Named as in the golden files, not by a temporary path.
-                Some(yaml) => ObjectsSeam::Given(Arc::new(
+                (None, Some(yaml)) => ObjectsSeam::Given(Arc::new(
                     StaticObjects::parse(yaml, "test objects").expect("objects"),
                 )),
-                None => ObjectsSeam::Unknown,
+                (None, None) => ObjectsSeam::Unknown,
             },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -142,10 +152,21 @@ fn args(options: &AdapterOptions, dir: &std::path::Path) -> Args {
         "custom-metrics-adapter",
         "--cert-dir",
         &dir.join("certs").display().to_string(),
-        "--insecure-allow-anonymous",
     ]
     .map(str::to_owned)
     .to_vec();
+    match &options.kubeconfig {
+        Some(kubeconfig) => {
+            for flag in [
+                "--lister-kubeconfig",
+                "--authentication-kubeconfig",
+                "--authorization-kubeconfig",
+            ] {
+                argv.extend([flag.to_owned(), kubeconfig.display().to_string()]);
+            }
+        }
+        None => argv.push("--insecure-allow-anonymous".to_owned()),
+    }
     if !options.flags.iter().any(|f| f.starts_with("--prometheus-url")) {
         argv.extend(["--prometheus-url".to_owned(), env().prometheus_url.clone()]);
     }
