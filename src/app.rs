@@ -142,7 +142,7 @@ async fn build_pipeline(
     };
     let (objects, object_checks) = match seams.objects {
         ObjectsSeam::FromConfig => {
-            let (objects, checks) = object_source(config, &resources).await?;
+            let (objects, checks) = object_source(&config.objects, &resources).await?;
             (Some(objects), checks)
         }
         ObjectsSeam::Given(objects) => (Some(objects), Vec::new()),
@@ -170,7 +170,7 @@ const METRIC_DISCOVERY: &str = "metric-discovery";
 /// The objects that exist: those of `--objects-file`, or the cluster's, watched, with the
 /// readiness checks of the cluster's API discovery, caches and access.
 async fn object_source(
-    config: &Config,
+    config: &ObjectsConfig,
     resources: &Arc<SharedResources>,
 ) -> anyhow::Result<(Arc<dyn ObjectSource>, Vec<ReadyCheck>)> {
     let ObjectsConfig {
@@ -178,7 +178,8 @@ async fn object_source(
         kubeconfig,
         rate_limit,
         access_recheck,
-    } = &config.objects;
+        api_discovery_interval,
+    } = config;
     if let Some(path) = file {
         return Ok((Arc::new(StaticObjects::load(path)?), Vec::new()));
     }
@@ -187,7 +188,7 @@ async fn object_source(
         cluster::client(kubeconfig, *rate_limit).await?,
         cluster::discovery_client(kubeconfig).await?,
         resources.clone(),
-        config.discovery.api_interval,
+        *api_discovery_interval,
     );
     objects.set_access_recheck(*access_recheck);
     let checks = cluster_checks(&objects).into();

@@ -314,14 +314,12 @@ pub struct RulesConfig {
     pub in_regex: InRegex,
 }
 
-/// How often the adapter learns what exists: series in the backend, resources in the cluster.
+/// How often the backend's series are listed to discover metrics.
 #[derive(Debug, Clone)]
 pub struct DiscoveryConfig {
     pub relist_interval: Duration,
     /// Series with samples this recent are discovered.
     pub max_age: Duration,
-    /// How often Kubernetes API discovery is refreshed.
-    pub api_interval: Duration,
 }
 
 /// Where the objects that exist come from: a file, or the cluster.
@@ -331,6 +329,8 @@ pub struct ObjectsConfig {
     pub kubeconfig: Option<PathBuf>,
     pub rate_limit: RateLimit,
     pub access_recheck: Duration,
+    /// How often Kubernetes API discovery is refreshed.
+    pub api_discovery_interval: Duration,
 }
 
 /// Delegated authentication and authorization.
@@ -386,7 +386,6 @@ impl Config {
             discovery: DiscoveryConfig {
                 relist_interval: args.metrics_relist_interval,
                 max_age: args.metrics_max_age(),
-                api_interval: args.discovery_interval,
             },
             objects: ObjectsConfig {
                 file: args.objects_file.clone(),
@@ -396,6 +395,7 @@ impl Config {
                     burst: args.client_burst,
                 },
                 access_recheck: args.access_recheck,
+                api_discovery_interval: args.discovery_interval,
             },
             auth: match args.insecure_allow_anonymous {
                 true => None,
@@ -656,6 +656,71 @@ mod tests {
         assert_eq!(args.secure_port, 6443);
         let args = Args::try_parse_from(["adapter", "--logging-format=json"]).unwrap();
         assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn server_limits_are_flags_not_ignored() {
+        let argv = [
+            "adapter",
+            "--max-requests-inflight=1",
+            "--http2-max-streams-per-connection",
+            "7",
+            "--max-connections=3",
+            "--prometheus-timeout=30s",
+            "--insecure-allow-anonymous",
+        ];
+        let (kept, ignored) = split_ignored_flags(argv.iter().map(std::ffi::OsString::from));
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let config = Config::from_args(&Args::try_parse_from(kept).unwrap()).unwrap();
+        let options = config.server.options;
+        assert_eq!(options.max_requests_inflight, 1);
+        assert_eq!(options.http2_max_concurrent_streams, 7);
+        assert_eq!(options.max_connections, 3);
+        assert_eq!(
+            options.request_timeout,
+            Duration::from_secs(90),
+            "three Prometheus timeouts"
+        );
+        let defaults = Config::from_args(&Args::try_parse_from(["adapter"]).unwrap())
+            .unwrap()
+            .server
+            .options;
+        assert_eq!(defaults.max_requests_inflight, 400, "kube-apiserver's default");
+        assert_eq!(
+            defaults.http2_max_concurrent_streams, 100,
+            "kube-apiserver's default"
+        );
+        assert_eq!(defaults.request_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn each_subsystem_gets_its_part_of_the_flags() {
+        let args = Args::try_parse_from([
+            "adapter",
+            "--metric-selector-regex-passthrough",
+            "--authentication-skip-lookup",
+            "--discovery-interval=2m",
+            "--metrics-relist-interval=30s",
+            "--prometheus-header=a=1",
+            "--prometheus-header=a=2",
+            "--disable-http2",
+        ])
+        .unwrap();
+        let config = Config::from_args(&args).unwrap();
+        assert_eq!(config.rules.in_regex, InRegex::Passthrough);
+        assert_eq!(config.auth.map(|auth| auth.lookup), Some(AuthLookup::Skip));
+        assert_eq!(config.objects.api_discovery_interval, Duration::from_secs(120));
+        assert_eq!(
+            (config.discovery.relist_interval, config.discovery.max_age),
+            (Duration::from_secs(30), Duration::from_secs(30))
+        );
+        assert_eq!(
+            config.backend.headers,
+            vec![("a".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())]
+        );
+        assert!(!config.server.tls.http2);
+        let anonymous = Args::try_parse_from(["adapter", "--insecure-allow-anonymous"]).unwrap();
+        assert!(Config::from_args(&anonymous).unwrap().auth.is_none());
     }
 
     #[test]
