@@ -558,7 +558,7 @@ const IGNORED_FLAGS: &[(&str, bool)] = &[
     ("audit-log-compress", false),
 ];
 
-/// Removes the flags of [`IGNORED_FLAGS`] (and every `--audit-*` flag, which takes a value) from
+/// Removes the flags of `IGNORED_FLAGS` (and every `--audit-*` flag, which takes a value) from
 /// `argv`; returns the rest and the removed flags as written.
 pub fn split_ignored_flags(
     argv: impl IntoIterator<Item = std::ffi::OsString>,

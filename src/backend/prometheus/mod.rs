@@ -2,7 +2,7 @@
 //! lookups) behind [`MetricsBackend`].
 //!
 //! Answers are decoded while they arrive and stop being read past `--prometheus-max-response-bytes`
-//! ([`decode`]); credentials are re-read when their files change ([`credentials`]). Errors keep
+//! (`decode`); credentials are re-read when their files change (`credentials`). Errors keep
 //! Prometheus' URL and body for the log; [`Error::summary`] is what callers may see, and
 //! [`Error::kind`] what the API layer maps to a status.
 
