@@ -148,7 +148,10 @@ async fn start_cluster_full(
         flags: extra_args
             .iter()
             .copied()
-            .chain(["--metrics-relist-interval", "1s"])
+            // Relists every second, over series seen in the last minute: a 1 s window (the
+            // default max age is the relist interval) misses series whose last scrape was just
+            // over a second ago, and the seed's metrics flicker out of discovery.
+            .chain(["--metrics-relist-interval", "1s", "--metrics-max-age", "1m"])
             .map(str::to_owned)
             .collect(),
         unready: !wait_ready,
