@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::{
     api,
     auth::{self, Auth, Authenticator, AuthnConfig, Authorizer, TokenReviewer},
-    backend::{MetricsBackend, prometheus},
+    backend::{CachingBackend, MetricsBackend, cache, prometheus},
     cluster,
     config::{AuthConfig, AuthLookup, Config, ObjectsConfig, RulesConfig},
     health::{Health, Readiness, ReadyCheck},
@@ -138,8 +138,17 @@ async fn build_pipeline(
     let rules = load_rules(&config.rules)?;
     let backend: Arc<dyn MetricsBackend> = match seams.backend {
         Some(backend) => backend,
-        None => Arc::new(prometheus::Client::new(&config.backend)?),
+        None => Arc::new(prometheus::Client::new(&config.backend.prometheus)?),
     };
+    let backend = Arc::new(CachingBackend::new(
+        backend,
+        config.backend.query_cache_ttl,
+        cache::Counters {
+            hits: metrics.query_cache_hits.clone(),
+            misses: metrics.query_cache_misses.clone(),
+            coalesced: metrics.query_cache_coalesced.clone(),
+        },
+    ));
     let (objects, object_checks) = match seams.objects {
         ObjectsSeam::FromConfig => {
             let (objects, checks) = object_source(&config.objects, &resources).await?;

@@ -28,6 +28,10 @@ pub enum Error {
     MaxAge { max_age: Duration, relist: Duration },
     #[error("--rate-interval must be at least 1ms")]
     RateInterval,
+    #[error(
+        "--query-cache-ttl ({ttl:?}) must not be longer than --rate-interval ({rate:?}): a cached answer would be older than the window it rates over; shorten the TTL (0s turns the cache off)"
+    )]
+    QueryCacheTtl { ttl: Duration, rate: Duration },
     #[error("--{0} must be longer than 0s: a review needs time to answer")]
     ZeroTimeout(&'static str),
     #[error(
@@ -130,6 +134,10 @@ pub struct Args {
     /// Larger Prometheus answers stop being read and fail: bytes, or with a Ki, Mi or Gi suffix.
     #[arg(long, default_value = "64Mi", value_parser = parse_byte_size)]
     pub prometheus_max_response_bytes: u64,
+    /// How long a query's answer is served from memory to identical queries (0s: off; identical
+    /// queries in flight at once share one Prometheus call either way). At most --rate-interval.
+    #[arg(long, default_value = "0s", value_parser = crate::duration::parse_go)]
+    pub query_cache_ttl: Duration,
 
     /// Window of rate() for counters.
     #[arg(long, default_value = "2m", value_parser = crate::duration::parse_go)]
@@ -262,6 +270,12 @@ impl Args {
         if self.rate_interval < Duration::from_millis(1) {
             return Err(Error::RateInterval);
         }
+        if self.query_cache_ttl > self.rate_interval {
+            return Err(Error::QueryCacheTtl {
+                ttl: self.query_cache_ttl,
+                rate: self.rate_interval,
+            });
+        }
         for header in &self.prometheus_headers {
             parse_header(header)?;
         }
@@ -286,7 +300,7 @@ impl Args {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
-    pub backend: prometheus::ClientConfig,
+    pub backend: BackendConfig,
     pub rules: RulesConfig,
     pub discovery: DiscoveryConfig,
     pub objects: ObjectsConfig,
@@ -301,6 +315,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub tls: server::TlsConfig,
     pub options: server::Options,
+}
+
+/// How metrics are queried: the Prometheus client, and how long answers are kept.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub prometheus: prometheus::ClientConfig,
+    /// How long an answer is served to identical queries (`--query-cache-ttl`; zero: not kept).
+    pub query_cache_ttl: Duration,
 }
 
 /// Where the rules come from.
@@ -373,7 +395,10 @@ impl Config {
         args.validate()?;
         Ok(Self {
             server: server_config(args),
-            backend: backend_config(args)?,
+            backend: BackendConfig {
+                prometheus: backend_config(args)?,
+                query_cache_ttl: args.query_cache_ttl,
+            },
             rules: RulesConfig {
                 file: args.config.clone(),
                 rate_interval: args.rate_interval,
@@ -468,6 +493,7 @@ fn backend_config(args: &Args) -> Result<prometheus::ClientConfig> {
         use_post: args.prometheus_verb == PrometheusVerb::Post,
         timeout: args.prometheus_timeout,
         max_response_bytes: args.prometheus_max_response_bytes,
+        max_idle_connections: prometheus::idle_connections(args.max_requests_inflight),
     })
 }
 
@@ -715,7 +741,7 @@ mod tests {
             (Duration::from_secs(30), Duration::from_secs(30))
         );
         assert_eq!(
-            config.backend.headers,
+            config.backend.prometheus.headers,
             vec![("a".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned())]
         );
         assert!(!config.server.tls.http2);

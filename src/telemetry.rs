@@ -56,6 +56,12 @@ pub struct Metrics {
         Vec<(String, String)>,
         prometheus_client::metrics::gauge::Gauge,
     >,
+    /// Instant queries answered from the result cache (`--query-cache-ttl`).
+    pub query_cache_hits: prometheus_client::metrics::counter::Counter,
+    /// Instant queries that made a backend call.
+    pub query_cache_misses: prometheus_client::metrics::counter::Counter,
+    /// Instant queries that shared a backend call already in flight for the same query.
+    pub query_cache_coalesced: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for Metrics {
@@ -69,6 +75,9 @@ impl Default for Metrics {
             discovered_metrics: Default::default(),
             ready_checks: Default::default(),
             resource_forbidden: Default::default(),
+            query_cache_hits: Default::default(),
+            query_cache_misses: Default::default(),
+            query_cache_coalesced: Default::default(),
         };
         metrics.config_last_reload_successful.set(1);
         registry.register(
@@ -100,6 +109,21 @@ impl Default for Metrics {
             "resource_forbidden",
             "Resources the adapter may not list and watch, so serves no metrics of (1 each)",
             metrics.resource_forbidden.clone(),
+        );
+        registry.register(
+            "query_cache_hits",
+            "Instant queries answered from the result cache (--query-cache-ttl)",
+            metrics.query_cache_hits.clone(),
+        );
+        registry.register(
+            "query_cache_misses",
+            "Instant queries that made a backend call",
+            metrics.query_cache_misses.clone(),
+        );
+        registry.register(
+            "query_cache_coalesced",
+            "Instant queries that shared a backend call in flight for the same query",
+            metrics.query_cache_coalesced.clone(),
         );
         Self { registry, ..metrics }
     }

@@ -3,6 +3,7 @@
 //! backend-neutral ([`Sample`], [`SeriesList`], [`Error`] with an [`ErrorKind`] the API maps to a
 //! status). [`prometheus`] is the real backend; [`memory`] answers from what tests put in it.
 
+pub mod cache;
 pub mod memory;
 pub mod prometheus;
 mod samples;
@@ -11,6 +12,7 @@ use std::{fmt, time::Duration, time::SystemTime};
 
 use futures::future::BoxFuture;
 
+pub use cache::CachingBackend;
 pub use memory::MemoryBackend;
 pub use samples::{Labels, Sample, SeriesList, SeriesShape};
 

@@ -183,6 +183,7 @@ fn load(config: &ClientConfig) -> Result<Loaded> {
         .timeout(config.timeout)
         .connect_timeout(config.timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(config.max_idle_connections)
         .tcp_nodelay(true);
     builder = flag_tls(builder, config, &mut files)?;
     if let Some(path) = &config.auth_config {

@@ -21,6 +21,10 @@ use decode::{Envelope, QueryData, StreamError};
 
 /// The default of `--prometheus-max-response-bytes`.
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 << 20;
+/// The most idle connections to Prometheus kept open for reuse. Each one holds a goroutine and a
+/// file descriptor in Prometheus, whose `--web.max-connections` defaults to 512 for all its
+/// clients (the UI, Grafana, other adapter replicas), so the adapter keeps at most half of that.
+pub const MAX_IDLE_CONNECTIONS: usize = 256;
 /// Error answers are small JSON; more than this is not read.
 const ERROR_BODY_LIMIT: u64 = 64 << 10;
 /// How long callers are told to wait when Prometheus is unavailable and does not say.
@@ -226,6 +230,18 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Answers larger than this stop being read and fail (`--prometheus-max-response-bytes`).
     pub max_response_bytes: u64,
+    /// Idle keep-alive connections kept for reuse ([`idle_connections`]).
+    pub max_idle_connections: usize,
+}
+
+/// The idle connections to keep for `max_requests_inflight` concurrent requests (0: no limit):
+/// one per request that can be in flight, so a burst at full concurrency finds a connection for
+/// each of its queries without a new TCP (and TLS) handshake, up to [`MAX_IDLE_CONNECTIONS`].
+pub fn idle_connections(max_requests_inflight: usize) -> usize {
+    match max_requests_inflight {
+        0 => MAX_IDLE_CONNECTIONS,
+        inflight => inflight.min(MAX_IDLE_CONNECTIONS),
+    }
 }
 
 impl ClientConfig {
@@ -241,6 +257,7 @@ impl ClientConfig {
             use_post: false,
             timeout,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_idle_connections: MAX_IDLE_CONNECTIONS,
         }
     }
 }
