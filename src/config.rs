@@ -750,6 +750,51 @@ mod tests {
     }
 
     #[test]
+    fn the_query_cache_ttl_is_off_by_default_and_never_longer_than_the_rate_window() {
+        let config = |argv: &[&str]| {
+            let args = Args::try_parse_from([&["adapter"], argv].concat()).unwrap();
+            Config::from_args(&args).map(|config| config.backend)
+        };
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.query_cache_ttl, Duration::ZERO, "off");
+        assert_eq!(
+            defaults.prometheus.max_idle_connections, 256,
+            "400 requests in flight, capped"
+        );
+        assert_eq!(
+            config(&["--query-cache-ttl=15s"]).unwrap().query_cache_ttl,
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            config(&["--query-cache-ttl=2m"]).unwrap().query_cache_ttl,
+            Duration::from_secs(120),
+            "as long as the rate window is allowed"
+        );
+        let err = config(&["--query-cache-ttl=5m"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--query-cache-ttl") && err.contains("--rate-interval"),
+            "{err}"
+        );
+        assert!(config(&["--query-cache-ttl=30s", "--rate-interval=20s"]).is_err());
+        assert_eq!(
+            config(&["--max-requests-inflight=8"])
+                .unwrap()
+                .prometheus
+                .max_idle_connections,
+            8,
+            "one per request in flight"
+        );
+        assert_eq!(
+            config(&["--max-requests-inflight=0"])
+                .unwrap()
+                .prometheus
+                .max_idle_connections,
+            256,
+            "no limit on requests: the cap"
+        );
+    }
+
+    #[test]
     fn headers() {
         assert_eq!(
             parse_header("X-Scope-OrgID=team=a").unwrap(),

@@ -162,7 +162,9 @@ impl CachingBackend {
 impl State {
     /// A poisoned lock only means a thread panicked while holding it; the map is still usable.
     fn in_flight(&self) -> MutexGuard<'_, HashMap<Key, InFlight>> {
-        self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The backend call for `key`; its answer goes to the result cache before the call leaves
@@ -332,7 +334,11 @@ mod tests {
 
     fn counts(caching: &CachingBackend) -> (u64, u64, u64) {
         let counters = &caching.state.counters;
-        (counters.hits.get(), counters.misses.get(), counters.coalesced.get())
+        (
+            counters.hits.get(),
+            counters.misses.get(),
+            counters.coalesced.get(),
+        )
     }
 
     /// Starts `n` queries of `promql` at `time`, each in its own task.

@@ -1,6 +1,7 @@
 //! The one integration-test binary: a real Prometheus, real TLS, real curl and kubectl, and a fake
 //! Kubernetes API server for the real kube-rs client.
 
+mod cache;
 mod clients;
 mod cluster;
 mod config;

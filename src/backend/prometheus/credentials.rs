@@ -183,6 +183,9 @@ fn load(config: &ClientConfig) -> Result<Loaded> {
         .timeout(config.timeout)
         .connect_timeout(config.timeout.min(Duration::from_secs(5)))
         .pool_idle_timeout(Duration::from_secs(90))
+        // Keep-alive: reqwest keeps every idle connection by default; this keeps enough for the
+        // requests that can be in flight and no more than Prometheus can spare (see
+        // `idle_connections`).
         .pool_max_idle_per_host(config.max_idle_connections)
         .tcp_nodelay(true);
     builder = flag_tls(builder, config, &mut files)?;
