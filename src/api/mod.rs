@@ -79,11 +79,16 @@ pub const RESOURCE_GROUP: GroupDef = GroupDef {
 
 /// The groups served with the current rules.
 pub fn served_groups(pipeline: &Pipeline) -> Vec<&'static GroupDef> {
+    groups_served(pipeline.rules().resource.is_some())
+}
+
+/// The groups served, with `resource_metrics` when the rules have `resourceRules`.
+fn groups_served(resource_metrics: bool) -> Vec<&'static GroupDef> {
     let mut groups: Vec<&'static GroupDef> = GROUPS.iter().collect();
     // External metrics are always served (an empty list without externalRules), so their
     // APIService stays available and rules added by a reload work at once.
     groups.push(&EXTERNAL_GROUP);
-    if pipeline.rules().resource.is_some() {
+    if resource_metrics {
         groups.push(&RESOURCE_GROUP);
     }
     groups
@@ -156,10 +161,14 @@ pub fn wire_version(group: &str, version: &str) -> Option<WireVersion> {
 
 /// The router for every path this server answers; `auth` None serves everyone (local runs).
 pub fn router(state: SharedState, auth: Option<std::sync::Arc<Auth>>) -> Router {
-    let router = Router::new()
+    // The discovery routes keep their prebuilt documents in a state of their own.
+    let discovery_routes = Router::new()
         .route("/apis", get(discovery::group_list))
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::resource_list))
+        .with_state(discovery::DiscoveryState::new(state.clone()));
+    let router = Router::new()
+        .merge(discovery_routes)
         .route("/apis/{group}/{version}/{*path}", get(metric))
         .route("/healthz", get(health))
         .route("/livez", get(health))

@@ -11,6 +11,7 @@ mod resource;
 mod tests;
 
 pub use crate::backend::{Error as BackendError, ErrorKind as BackendFailure};
+pub use catalog::{Catalog, ServedMetric};
 pub use custom::{DescribedObject, MetricPath, MetricRequest, ObjectName, ObjectValue};
 pub use resource::Usage;
 
