@@ -2,6 +2,7 @@
 
 mod access;
 mod discovery;
+mod index;
 mod kube;
 mod resources;
 mod static_file;
