@@ -48,7 +48,10 @@ impl LabelIndex {
     /// Records object `id` under its namespace (cluster-scoped objects have none) and labels.
     pub(super) fn insert(&mut self, id: Id, namespace: Option<&str>, labels: &BTreeMap<String, String>) {
         if let Some(namespace) = namespace {
-            self.by_namespace.entry(namespace.to_owned()).or_default().insert(id);
+            self.by_namespace
+                .entry(namespace.to_owned())
+                .or_default()
+                .insert(id);
         }
         for (key, value) in labels {
             self.by_label
@@ -89,7 +92,12 @@ impl LabelIndex {
 
     /// The objects that can match `selector` in `namespace` (every namespace when None), out of
     /// `total` numbered `0..total`. A superset: the caller checks namespace and selector on each.
-    pub(super) fn candidates(&self, namespace: Option<&str>, selector: &Selector, total: usize) -> Candidates<'_> {
+    pub(super) fn candidates(
+        &self,
+        namespace: Option<&str>,
+        selector: &Selector,
+        total: usize,
+    ) -> Candidates<'_> {
         let mut options: Vec<Vec<&HashSet<Id>>> = Vec::new();
         if let Some(namespace) = namespace {
             options.push(self.by_namespace.get(namespace).into_iter().collect());

@@ -50,10 +50,10 @@ pub const ACCESS_RECHECK: Duration = Duration::from_secs(180);
 
 /// What is kept of an object: only what label selection needs.
 #[derive(Debug, Clone)]
-struct Slim {
-    labels: BTreeMap<String, String>,
+pub(super) struct Slim {
+    pub(super) labels: BTreeMap<String, String>,
     /// Being deleted (deletionTimestamp set): no longer a target.
-    deleting: bool,
+    pub(super) deleting: bool,
 }
 
 /// Where a cache's watch stands.
@@ -115,13 +115,13 @@ fn slim(object: PartialObjectMeta<DynamicObject>) -> (ObjectRef, Slim) {
 /// each key once) and indexed by namespace and labels. Kept current event by event: an update
 /// re-indexes one object, a delete moves the last object into the freed number.
 #[derive(Debug, Default)]
-struct ObjectMap {
+pub(super) struct ObjectMap {
     objects: IndexMap<ObjectRef, Slim>,
     index: LabelIndex,
 }
 
 impl ObjectMap {
-    fn insert(&mut self, key: ObjectRef, slim: Slim) {
+    pub(super) fn insert(&mut self, key: ObjectRef, slim: Slim) {
         if let Some((position, _, old)) = self.objects.get_full_mut(&key) {
             let Ok(id) = Id::try_from(position) else {
                 return;
@@ -141,7 +141,7 @@ impl ObjectMap {
         self.objects.insert(key, slim);
     }
 
-    fn remove(&mut self, key: &ObjectRef) {
+    pub(super) fn remove(&mut self, key: &ObjectRef) {
         let Some((position, key, slim)) = self.objects.swap_remove_full(key) else {
             return;
         };
@@ -151,23 +151,49 @@ impl ObjectMap {
         self.index.remove(id, key.namespace.as_deref(), &slim.labels);
         // `swap_remove` moved the last object (number `last`) into the freed position.
         if let Some((moved, moved_slim)) = self.objects.get_index(position) {
-            self.index.remove(last, moved.namespace.as_deref(), &moved_slim.labels);
-            self.index.insert(id, moved.namespace.as_deref(), &moved_slim.labels);
+            self.index
+                .remove(last, moved.namespace.as_deref(), &moved_slim.labels);
+            self.index
+                .insert(id, moved.namespace.as_deref(), &moved_slim.labels);
         }
     }
 
-    fn get(&self, key: &ObjectRef) -> Option<&Slim> {
+    pub(super) fn get(&self, key: &ObjectRef) -> Option<&Slim> {
         self.objects.get(key)
     }
 
     fn len(&self) -> usize {
         self.objects.len()
     }
+
+    /// How many objects a list in `namespace` with `selector` looks at.
+    #[cfg(test)]
+    pub(super) fn candidates_checked(&self, namespace: Option<&str>, selector: &Selector) -> usize {
+        self.index
+            .candidates(namespace, selector, self.len())
+            .ids()
+            .count()
+    }
+
+    /// The index's entries by object, to compare with another map's.
+    #[cfg(test)]
+    pub(super) fn index_entries(&self) -> Vec<(String, ObjectRef)> {
+        self.index.entries(|id| {
+            usize::try_from(id)
+                .ok()
+                .and_then(|id| self.objects.get_index(id))
+                .map(|(key, _)| key.clone())
+                .unwrap_or_else(|| ObjectRef {
+                    namespace: Some("<dangling id>".into()),
+                    name: id.to_string(),
+                })
+        })
+    }
 }
 
 /// The objects of `objects` in `namespace` (every namespace when None) whose labels match
 /// `selector`, sorted. The one place a list is answered: only the index's candidates are checked.
-fn select(objects: &ObjectMap, namespace: Option<&str>, selector: &Selector) -> Vec<ObjectRef> {
+pub(super) fn select(objects: &ObjectMap, namespace: Option<&str>, selector: &Selector) -> Vec<ObjectRef> {
     let mut refs: Vec<ObjectRef> = objects
         .index
         .candidates(namespace, selector, objects.len())

@@ -82,7 +82,10 @@ struct Indexed {
 impl Indexed {
     fn new(mut objects: Vec<Object>) -> Result<Self, String> {
         if Id::try_from(objects.len()).is_err() {
-            return Err(format!("{} objects of one resource are more than this adapter indexes", objects.len()));
+            return Err(format!(
+                "{} objects of one resource are more than this adapter indexes",
+                objects.len()
+            ));
         }
         objects.sort_by(|a, b| (&a.name, &a.namespace).cmp(&(&b.name, &b.namespace)));
         let mut index = LabelIndex::default();
@@ -350,5 +353,114 @@ services:
     fn refuses_unknown_keys() {
         let err = StaticObjects::parse("pods:\n  - name: a\n    lables: {}\n", "f.yaml").unwrap_err();
         assert!(err.to_string().contains("lables"), "{err}");
+    }
+
+    /// Writes an objects file of `pods` pods (3 labels each, in 50 namespaces) in YAML or JSON.
+    fn write_pods(path: &Path, pods: usize, json: bool) {
+        use std::fmt::Write;
+        let mut text = String::with_capacity(pods * 120);
+        if json {
+            text.push_str("{\"pods\": [");
+        } else {
+            text.push_str("pods:\n");
+        }
+        for n in 0..pods {
+            let (namespace, app) = (n % 50, n % 1000);
+            if json {
+                let comma = if n + 1 < pods { "," } else { "" };
+                let _ = writeln!(
+                    text,
+                    r#"{{"namespace": "ns-{namespace}", "name": "pod-{n}", "labels": {{"app": "app-{app}", "tier": "web", "pod-template-hash": "h{n}"}}}}{comma}"#
+                );
+            } else {
+                let _ = writeln!(
+                    text,
+                    "  - namespace: ns-{namespace}\n    name: pod-{n}\n    labels: {{app: app-{app}, tier: web, pod-template-hash: h{n}}}"
+                );
+            }
+        }
+        if json {
+            text.push_str("]}\n");
+        }
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// serde-saphyr's default budget (250,000 nodes) refused any file above about 23,000 pods.
+    fn loads_pods(pods: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let resources = Resources::default();
+        let pod = resources.resolve("pods").unwrap();
+        for (name, json) in [("objects.yaml", false), ("objects.json", true)] {
+            let path = dir.path().join(name);
+            write_pods(&path, pods, json);
+            let objects = StaticObjects::load(&path).unwrap_or_else(|err| panic!("{name}: {err}"));
+            let app = Selector::parse("app=app-7").unwrap();
+            let matched = objects.list(pod, Some("ns-7"), &app).unwrap();
+            assert_eq!(matched.len(), pods / 1000, "{name}");
+            assert!(
+                objects
+                    .exists(pod, Some("ns-1"), &format!("pod-{}", pods - 49))
+                    .unwrap()
+            );
+            let all = Selector::default();
+            assert_eq!(objects.list(pod, None, &all).unwrap().len(), pods, "{name}");
+        }
+    }
+
+    #[test]
+    fn loads_30k_pods_yaml_and_json() {
+        loads_pods(30_000);
+    }
+
+    #[test]
+    #[ignore = "about 10 s in a debug build; run with --ignored or in release"]
+    fn loads_100k_pods_yaml_and_json() {
+        loads_pods(100_000);
+    }
+
+    #[test]
+    fn json_looking_yaml_and_json_errors() {
+        // A YAML flow mapping starts with `{` too but is no JSON: it is read as YAML.
+        let objects = StaticObjects::parse("{pods: [{name: a, labels: {app: web}}]}", "f.yaml").unwrap();
+        let pods = Resources::default();
+        let pods = pods.resolve("pods").unwrap();
+        assert!(objects.exists(pods, Some("default"), "a").unwrap());
+        // Valid JSON of the wrong shape gets serde_json's message with its position.
+        let err = StaticObjects::parse(r#"{"pods": [{"name": "a", "lables": {}}]}"#, "f.json").unwrap_err();
+        assert!(
+            err.to_string().contains("lables") && err.to_string().contains("column"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn alias_bombs_are_refused_naming_the_limit() {
+        // One labels map of 1,000 labels shared by 200 pods: 200,000 labels from a 20 kB file.
+        let labels: Vec<String> = (0..1000).map(|n| format!("k{n}: v")).collect();
+        let mut text = format!("pods:\n  - name: p0\n    labels: &l {{{}}}\n", labels.join(", "));
+        for n in 1..200 {
+            text.push_str(&format!("  - name: p{n}\n    labels: *l\n"));
+        }
+        let err = StaticObjects::parse(&text, "bomb.yaml").unwrap_err().to_string();
+        assert!(
+            err.contains("aliases to grow it 4 times") && err.contains("as JSON"),
+            "{err}"
+        );
+        // Shared by 20 pods it stays within serde-saphyr's default limits, the floor, and loads.
+        let shared: String = text
+            .lines()
+            .take(1 + 2 * 20)
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let objects = StaticObjects::parse(&shared, "shared.yaml").unwrap();
+        let pods = Resources::default();
+        let k9 = Selector::parse("k9=v").unwrap();
+        assert_eq!(
+            objects
+                .list(pods.resolve("pods").unwrap(), None, &k9)
+                .unwrap()
+                .len(),
+            20
+        );
     }
 }
