@@ -27,6 +27,7 @@ use std::{
 };
 
 use futures::{StreamExt, future::BoxFuture};
+use indexmap::IndexMap;
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, PartialObjectMeta},
@@ -38,6 +39,7 @@ use super::{
     Error, ObjectRef, ObjectSource, ResourceInfo, Result, SharedResources,
     access::{AccessReviews, Forbidden},
     discovery::{ApiDiscovery, DiscoveryHealth},
+    index::{Id, LabelIndex},
 };
 use crate::selector::Selector;
 
@@ -48,10 +50,10 @@ pub const ACCESS_RECHECK: Duration = Duration::from_secs(180);
 
 /// What is kept of an object: only what label selection needs.
 #[derive(Debug, Clone)]
-struct Slim {
-    labels: BTreeMap<String, String>,
+pub(super) struct Slim {
+    pub(super) labels: BTreeMap<String, String>,
     /// Being deleted (deletionTimestamp set): no longer a target.
-    deleting: bool,
+    pub(super) deleting: bool,
 }
 
 /// Where a cache's watch stands.
@@ -67,14 +69,14 @@ enum CacheState {
 
 /// One resource's objects, kept current by a watch.
 struct Cache {
-    objects: RwLock<HashMap<ObjectRef, Slim>>,
+    objects: RwLock<ObjectMap>,
     state: watch::Sender<CacheState>,
 }
 
 impl Cache {
     fn new() -> Self {
         Self {
-            objects: RwLock::new(HashMap::new()),
+            objects: RwLock::new(ObjectMap::default()),
             state: watch::Sender::new(CacheState::Syncing),
         }
     }
@@ -109,15 +111,94 @@ fn slim(object: PartialObjectMeta<DynamicObject>) -> (ObjectRef, Slim) {
     )
 }
 
+/// One resource's objects, numbered by their position in the map (an `IndexMap`, which stores
+/// each key once) and indexed by namespace and labels. Kept current event by event: an update
+/// re-indexes one object, a delete moves the last object into the freed number.
+#[derive(Debug, Default)]
+pub(super) struct ObjectMap {
+    objects: IndexMap<ObjectRef, Slim>,
+    index: LabelIndex,
+}
+
+impl ObjectMap {
+    pub(super) fn insert(&mut self, key: ObjectRef, slim: Slim) {
+        if let Some((position, _, old)) = self.objects.get_full_mut(&key) {
+            let Ok(id) = Id::try_from(position) else {
+                return;
+            };
+            if old.labels != slim.labels {
+                self.index.remove(id, key.namespace.as_deref(), &old.labels);
+                self.index.insert(id, key.namespace.as_deref(), &slim.labels);
+            }
+            *old = slim;
+            return;
+        }
+        let Ok(id) = Id::try_from(self.objects.len()) else {
+            tracing::warn!(object = ?key, "Too many objects of one resource to index; ignoring this one");
+            return;
+        };
+        self.index.insert(id, key.namespace.as_deref(), &slim.labels);
+        self.objects.insert(key, slim);
+    }
+
+    pub(super) fn remove(&mut self, key: &ObjectRef) {
+        let Some((position, key, slim)) = self.objects.swap_remove_full(key) else {
+            return;
+        };
+        let (Ok(id), Ok(last)) = (Id::try_from(position), Id::try_from(self.objects.len())) else {
+            return;
+        };
+        self.index.remove(id, key.namespace.as_deref(), &slim.labels);
+        // `swap_remove` moved the last object (number `last`) into the freed position.
+        if let Some((moved, moved_slim)) = self.objects.get_index(position) {
+            self.index
+                .remove(last, moved.namespace.as_deref(), &moved_slim.labels);
+            self.index
+                .insert(id, moved.namespace.as_deref(), &moved_slim.labels);
+        }
+    }
+
+    pub(super) fn get(&self, key: &ObjectRef) -> Option<&Slim> {
+        self.objects.get(key)
+    }
+
+    fn len(&self) -> usize {
+        self.objects.len()
+    }
+
+    /// How many objects a list in `namespace` with `selector` looks at.
+    #[cfg(test)]
+    pub(super) fn candidates_checked(&self, namespace: Option<&str>, selector: &Selector) -> usize {
+        self.index
+            .candidates(namespace, selector, self.len())
+            .ids()
+            .count()
+    }
+
+    /// The index's entries by object, to compare with another map's.
+    #[cfg(test)]
+    pub(super) fn index_entries(&self) -> Vec<(String, ObjectRef)> {
+        self.index.entries(|id| {
+            usize::try_from(id)
+                .ok()
+                .and_then(|id| self.objects.get_index(id))
+                .map(|(key, _)| key.clone())
+                .unwrap_or_else(|| ObjectRef {
+                    namespace: Some("<dangling id>".into()),
+                    name: id.to_string(),
+                })
+        })
+    }
+}
+
 /// The objects of `objects` in `namespace` (every namespace when None) whose labels match
-/// `selector`, sorted. The one place a list is answered, so an index can replace the scan.
-fn select(
-    objects: &HashMap<ObjectRef, Slim>,
-    namespace: Option<&str>,
-    selector: &Selector,
-) -> Vec<ObjectRef> {
+/// `selector`, sorted. The one place a list is answered: only the index's candidates are checked.
+pub(super) fn select(objects: &ObjectMap, namespace: Option<&str>, selector: &Selector) -> Vec<ObjectRef> {
     let mut refs: Vec<ObjectRef> = objects
-        .iter()
+        .index
+        .candidates(namespace, selector, objects.len())
+        .ids()
+        .filter_map(|id| objects.objects.get_index(usize::try_from(id).ok()?))
         .filter(|(key, slim)| {
             !slim.deleting
                 && (namespace.is_none() || key.namespace.as_deref() == namespace)
@@ -249,7 +330,7 @@ impl KubeObjects {
 
 impl KubeObjects {
     /// Runs `f` over the synced cache of `resource`.
-    fn read<T>(&self, resource: &ResourceInfo, f: impl FnOnce(&HashMap<ObjectRef, Slim>) -> T) -> Result<T> {
+    fn read<T>(&self, resource: &ResourceInfo, f: impl FnOnce(&ObjectMap) -> T) -> Result<T> {
         let cache = self.cache(resource);
         let not_synced = || Error::NotSynced {
             resource: resource.group_resource(),
@@ -302,7 +383,7 @@ async fn run_cache(watch: Watch, cache: Arc<Cache>, resource: String, recheck_ms
             tracing::debug!(%resource, error = %refusal, "Still not allowed to list and watch; trying again later");
         } else {
             if let Ok(mut objects) = cache.objects.write() {
-                objects.clear();
+                *objects = ObjectMap::default();
             }
             tracing::warn!(
                 %resource,
@@ -320,10 +401,10 @@ async fn run_cache(watch: Watch, cache: Arc<Cache>, resource: String, recheck_ms
 /// server's message when it refuses the list or the watch (403).
 async fn follow(watch: &Watch, cache: &Cache, resource: &str) -> Option<String> {
     let mut stream = std::pin::pin!(watcher(watch.api.clone(), watch.config.clone()).default_backoff());
-    let mut initial: Option<HashMap<ObjectRef, Slim>> = None;
+    let mut initial: Option<ObjectMap> = None;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(watcher::Event::Init) => initial = Some(HashMap::new()),
+            Ok(watcher::Event::Init) => initial = Some(ObjectMap::default()),
             Ok(watcher::Event::InitApply(object)) => {
                 let (key, slim) = slim(object);
                 initial.get_or_insert_default().insert(key, slim);

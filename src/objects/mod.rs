@@ -2,6 +2,9 @@
 
 mod access;
 mod discovery;
+mod index;
+#[cfg(test)]
+mod index_tests;
 mod kube;
 mod resources;
 mod static_file;
