@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures the adapter's memory while it relists N series: starts ../shared/bench/synth_target.py
+# Measures the adapter's memory while it relists N series: starts hack/synth-target.py
 # with N series, a Prometheus scraping it, and the adapter (release build) relisting every 5 s, then
 # prints the adapter's peak RSS (VmHWM) after a few relists, and the time one /api/v1/series call takes.
 #
@@ -8,9 +8,9 @@
 # Ports: 19300 (target), 19390 (Prometheus), 19443 (adapter). State: .local/bench-relist/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-synth=../shared/bench/synth_target.py
-[[ -f "$synth" ]] || { echo "missing $synth" >&2; exit 1; }
-command -v prometheus >/dev/null || { echo "install Debian's prometheus package first (hack/test.sh does)" >&2; exit 1; }
+# shellcheck source=hack/lib.sh
+source hack/lib.sh
+need_commands prometheus curl
 cargo build --release --locked --quiet --bin custom-metrics-adapter
 state=$PWD/.local/bench-relist
 pids=()
@@ -21,24 +21,19 @@ for n in "${@:-10000}"; do
   cleanup; pids=()
   rm -rf "$state"; mkdir -p "$state"
   interval=1s; ((n > 20000)) && interval=5s
-  python3 "$synth" --series "$n" --port 19300 >"$state/target.log" 2>&1 & pids+=($!)
-  printf "global:\n  scrape_interval: %s\nscrape_configs:\n  - job_name: synth\n    static_configs:\n      - targets: ['127.0.0.1:19300']\n" "$interval" >"$state/prometheus.yml"
+  python3 hack/synth-target.py --series "$n" --port 19300 >"$state/target.log" 2>&1 & pids+=($!)
+  prometheus_config "$state/prometheus.yml" 127.0.0.1:19300 "$interval"
   prometheus --config.file="$state/prometheus.yml" --storage.tsdb.path="$state/tsdb" \
     --web.listen-address=127.0.0.1:19390 --log.level=warn >"$state/prometheus.log" 2>&1 & pids+=($!)
-  # Wait until every series has been scraped.
-  for _ in $(seq 1 120); do
-    count=$(curl -s 'http://127.0.0.1:19390/api/v1/query?query=count(http_requests_total)' | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
-    [[ "$count" == "$n" ]] && break
-    sleep 1
-  done
+  wait_prometheus_count http://127.0.0.1:19390 'count(http_requests_total)' "$n" 120
   ./target/release/custom-metrics-adapter --secure-port 19443 --bind-address 127.0.0.1 --cert-dir "$state/certs" \
     --prometheus-url http://127.0.0.1:19390 --objects-file /dev/null --insecure-allow-anonymous \
     --metrics-relist-interval 5s --metrics-max-age 30s >"$state/adapter.log" 2>&1 & pid=$!; pids+=($pid)
   sleep 2
-  idle=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  idle=$(status_kib "$pid")
   sleep 16   # four relists
-  peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  now=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+  peak=$(status_kib "$pid" VmHWM)
+  now=$(status_kib "$pid")
   start=$(( $(date +%s) - 30 ))
   series_ms=$(curl -s -o /dev/null -w '%{time_total}' -H 'Accept-Encoding: identity' \
     "http://127.0.0.1:19390/api/v1/series?match%5B%5D=%7Bnamespace!%3D%22%22%2C__name__!~%22%5Econtainer_.*%22%7D&start=$start")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A bounded soak on loopback: the adapter (release build) behind ../shared/bench/synth_target.py and
+# A bounded soak on loopback: the adapter (release build) behind hack/synth-target.py and
 # a Prometheus, under steady keep-alive load (wrk: the HPA's pods/* request, a single object, the
 # discovery document) plus connection churn and hostile requests (a Python client that opens
 # connections it never uses, sends malformed and escaped paths, and hangs up mid-request). Every
@@ -11,19 +11,12 @@
 # Ports: 19500 (target), 19590 (Prometheus), 19543 (adapter). State: .local/soak/
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=hack/lib.sh
+source hack/lib.sh
 duration=${1:-120}
 sample=${2:-5}
 series=${SERIES:-1000}
-synth=../shared/bench/synth_target.py
-[[ -f "$synth" ]] || { echo "missing $synth" >&2; exit 1; }
-need=()
-command -v prometheus >/dev/null || need+=(prometheus)
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+need_commands prometheus wrk curl
 cargo build --release --locked --quiet --bin custom-metrics-adapter
 
 state=$PWD/.local/soak
@@ -33,50 +26,26 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-python3 "$synth" --series "$series" --port 19500 >"$state/target.log" 2>&1 & pids+=($!)
-printf "global:\n  scrape_interval: 2s\nscrape_configs:\n  - job_name: synth\n    static_configs:\n      - targets: ['127.0.0.1:19500']\n" >"$state/prometheus.yml"
+python3 hack/synth-target.py --series "$series" --port 19500 >"$state/target.log" 2>&1 & pids+=($!)
+prometheus_config "$state/prometheus.yml" 127.0.0.1:19500 2s
 prometheus --config.file="$state/prometheus.yml" --storage.tsdb.path="$state/tsdb" \
   --web.listen-address=127.0.0.1:19590 --log.level=warn >"$state/prometheus.log" 2>&1 & pids+=($!)
 
-# The objects the synthetic series name: ns-0's pods (app=web) and services.
-python3 - "$series" >"$state/objects.yaml" <<'PY'
-import sys
-per_ns = max(1, int(sys.argv[1]) // 10)
-print("namespaces:")
-for k in range(10):
-    print(f"  - {{name: ns-{k}}}")
-print("pods:")
-for k in range(10):
-    for j in range(per_ns):
-        print(f"  - {{name: pod-{j}, namespace: ns-{k}, labels: {{app: web, shard: s{j % 4}}}}}")
-print("services:")
-for k in range(10):
-    for m in range((per_ns + 9) // 10):
-        print(f"  - {{name: svc-{m}, namespace: ns-{k}, labels: {{app: web}}}}")
-PY
+# The objects the synthetic series name: the pods (app=web) and services of ns-0..ns-9.
+python3 hack/synth-objects.py "$series" >"$state/objects.yaml"
 
-for _ in $(seq 1 60); do
-  up=$(curl -s 'http://127.0.0.1:19590/api/v1/query?query=count(http_requests_total)' | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' 2>/dev/null || echo 0)
-  [[ "$up" == "$series" ]] && break
-  sleep 1
-done
+wait_prometheus_count http://127.0.0.1:19590 'count(http_requests_total)' "$series"
 ./target/release/custom-metrics-adapter --secure-port 19543 --bind-address 127.0.0.1 --cert-dir "$state/certs" \
   --prometheus-url http://127.0.0.1:19590 --objects-file "$state/objects.yaml" --insecure-allow-anonymous \
   --metrics-relist-interval 10s >"$state/adapter.log" 2>&1 & adapter=$!; pids+=($adapter)
 base=https://127.0.0.1:19543
-for _ in $(seq 1 60); do
-  [[ "$(curl -sk -o /dev/null -w '%{http_code}' "$base/readyz")" == 200 ]] && break
-  sleep 0.5
-done
+wait_http_ok "$base/readyz"
 
 group=/apis/custom.metrics.k8s.io/v1beta2
 hpa="$group/namespaces/ns-0/pods/*/http_requests?labelSelector=app%3Dweb"
 one="$group/namespaces/ns-0/services/svc-0/http_requests"
 # rate() needs two scrapes in its window: wait for the first full answer before loading.
-for _ in $(seq 1 60); do
-  [[ "$(curl -sk -o /dev/null -w '%{http_code}' "$base$hpa")" == 200 ]] && break
-  sleep 0.5
-done
+wait_http_ok "$base$hpa"
 for name in hpa one discovery; do
   case $name in hpa) path=$hpa ;; one) path=$one ;; discovery) path=$group ;; esac
   code=$(curl -sk -o "$state/first-$name.json" -w '%{http_code}' "$base$path")
@@ -112,7 +81,7 @@ while time.time() < end:
 print(f"hostile requests {sent}, idle connections {idle}")
 PY
 
-rss() { awk '/VmRSS/ {print $2}' "/proc/$adapter/status"; }
+rss() { status_kib "$adapter"; }
 fds() { ls "/proc/$adapter/fd" | wc -l; }
 threads() { awk '/Threads/ {print $2}' "/proc/$adapter/status"; }
 printf "%6s %10s %6s %8s\n" "t_s" "rss_kib" "fds" "threads" | tee "$state/samples.txt"

@@ -9,18 +9,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// The target of the per-request access log lines (method, path, query, status, latency). They
+/// are logged at debug, so a busy adapter writes no line per request by default; `--v=4` (or
+/// `RUST_LOG=custom_metrics_adapter::access=debug`) turns them on alone, `--v=5` with all debug.
+pub const ACCESS_TARGET: &str = "custom_metrics_adapter::access";
+
 /// Installs the global subscriber. The level comes from `RUST_LOG`, else from klog's `--v`.
 pub fn init(format: LogFormat, verbosity: u8) {
-    let level = match verbosity {
-        0..=4 => "info",
-        5..=7 => "debug",
-        _ => "trace",
-    };
-    // rustls warns once per connection about what clients send (an IP address as TLS server
-    // name, which Go's and OpenSSL's clients do), so quiet it; the server logs failed handshakes
-    // itself, at debug as kube-apiserver does.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},rustls=error")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter(verbosity));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter)
@@ -30,6 +26,24 @@ pub fn init(format: LogFormat, verbosity: u8) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// The filter used without `RUST_LOG`: klog's `--v` mapped to a level (0-4 info, 5-7 debug, 8+
+/// trace), with the access log from `--v=4` on.
+fn default_filter(verbosity: u8) -> EnvFilter {
+    let level = match verbosity {
+        0..=4 => "info",
+        5..=7 => "debug",
+        _ => "trace",
+    };
+    // rustls warns once per connection about what clients send (an IP address as TLS server
+    // name, which Go's and OpenSSL's clients do), so quiet it; the server logs failed handshakes
+    // itself, at debug as kube-apiserver does.
+    let mut directives = format!("{level},rustls=error");
+    if verbosity == 4 {
+        directives.push_str(&format!(",{ACCESS_TARGET}=debug"));
+    }
+    EnvFilter::new(directives)
 }
 
 /// The adapter's own metrics, served on `/metrics`.
@@ -159,5 +173,65 @@ impl Metrics {
         self.config_reloads
             .get_or_create(&vec![("result".to_owned(), result.to_owned())])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines written at `verbosity` for one access line, one other debug line and one info line.
+    fn logged_at(verbosity: u8) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = fmt()
+            .with_env_filter(default_filter(verbosity))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: ACCESS_TARGET, path = "/apis", "HTTP");
+            tracing::debug!("a debug line");
+            tracing::info!("an info line");
+        });
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_access_log_is_off_by_default_and_on_from_v4() {
+        for verbosity in 0..=3 {
+            let text = logged_at(verbosity);
+            assert!(text.contains("an info line"), "--v={verbosity}: {text}");
+            assert!(!text.contains("HTTP"), "--v={verbosity} logs requests: {text}");
+        }
+        let text = logged_at(4);
+        assert!(
+            text.contains("HTTP") && text.contains("path=\"/apis\""),
+            "--v=4: {text}"
+        );
+        assert!(!text.contains("a debug line"), "--v=4 logs all of debug: {text}");
+        for verbosity in [5, 8] {
+            let text = logged_at(verbosity);
+            assert!(
+                text.contains("HTTP") && text.contains("a debug line"),
+                "--v={verbosity}: {text}"
+            );
+        }
     }
 }

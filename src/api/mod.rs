@@ -269,8 +269,20 @@ async fn ready(State(state): State<SharedState>, Params(params): Params) -> Resp
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
-/// One structured log line per request; health probes only at debug level.
+/// One structured log line per request, at debug under the access target (`--v=4` turns those
+/// alone on); health probes at debug under this module's target, so only `--v=5` shows them.
 async fn log_request(request: Request, next: Next) -> Response {
+    let probe = matches!(request.uri().path(), "/healthz" | "/livez" | "/readyz");
+    // One line per request is debug (or `--v=4`, see `telemetry::ACCESS_TARGET`); when it is off,
+    // the path and query are not even copied.
+    let wanted = if probe {
+        tracing::enabled!(tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(target: crate::telemetry::ACCESS_TARGET, tracing::Level::DEBUG)
+    };
+    if !wanted {
+        return next.run(request).await;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
@@ -278,11 +290,10 @@ async fn log_request(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let probe = matches!(path.as_str(), "/healthz" | "/livez" | "/readyz");
     if probe {
         tracing::debug!(%method, %path, status, latency_ms, "HTTP");
     } else {
-        tracing::info!(%method, %path, query = query.as_deref().unwrap_or(""), status, latency_ms, "HTTP");
+        tracing::debug!(target: crate::telemetry::ACCESS_TARGET, %method, %path, query = query.as_deref().unwrap_or(""), status, latency_ms, "HTTP");
     }
     response
 }

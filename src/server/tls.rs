@@ -210,6 +210,18 @@ fn server_config(cert_pem: &[u8], key_pem: &[u8], origin: &str, http2: bool) -> 
         return Err(Error::NoCertificate { path: origin.into() });
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem_error)?;
+    // Server names (SNI) that are not DNS names. An IP address (OpenSSL's, Apple's and Go's
+    // clients send one when given an IP) is treated by rustls as no server name, so it gets this
+    // single certificate; its per-connection WARN is quieted by telemetry's `rustls=error`.
+    // A name with a port (`host:6443`, which Go tools such as `hey` send) cannot be served with
+    // rustls 0.23: `HostNamePayload::read` (rustls src/msgs/handshake.rs) parses it as
+    // `ServerNamePayload::Invalid`, and `process_client_hello` (src/server/hs.rs) then sends a
+    // fatal `illegal_parameter` alert (`PeerMisbehaved::ServerNameMustContainOneHostName`) before
+    // any certificate resolver or `Acceptor` hook sees the hello, with no setting to relax it.
+    // Stripping the extension from the hello before rustls reads it would not help either: both
+    // Finished messages cover the hello as the client sent it. rustls 0.24 (only pre-releases on
+    // crates.io so far) adds `ServerConfig::invalid_sni_policy` (`InvalidSniPolicy::IgnoreAll`,
+    // rustls PR #2617); set it here when the crate moves to it.
     let mut config = ServerConfig::builder()
         .with_client_cert_verifier(Arc::new(DeferredClientCertVerifier::new()))
         .with_single_cert(chain, key)?;
