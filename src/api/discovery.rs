@@ -449,3 +449,225 @@ pub(super) async fn openapi_v2(Params(params): Params) -> Response {
 pub(super) async fn openapi_v3(Params(params): Params) -> Response {
     json_response(StatusCode::OK, &json!({"paths": {}}), wants_pretty(&params))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use axum::{body::to_bytes, http::Request};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{
+        api::Context,
+        backend::MemoryBackend,
+        health::Health,
+        pipeline::Parts,
+        rules::{self, RuleSet},
+    };
+
+    const V1BETA2: &str = "/apis/custom.metrics.k8s.io/v1beta2";
+
+    /// A pipeline over `backend` with the built-in rules, relisted once.
+    async fn pipeline(backend: &Arc<MemoryBackend>) -> Arc<Pipeline> {
+        let pipeline = Pipeline::new(Parts {
+            rules: RuleSet::custom(rules::default_rules("2m").unwrap()),
+            backend: backend.clone(),
+            objects: None,
+            resources: Default::default(),
+            max_age: Duration::from_secs(600),
+            metrics: Default::default(),
+        });
+        pipeline.relist().await.unwrap();
+        Arc::new(pipeline)
+    }
+
+    /// A backend with one gauge of one pod under each of `names` metric names.
+    fn backend(names: usize) -> Arc<MemoryBackend> {
+        let backend = Arc::new(MemoryBackend::new());
+        let now = SystemTime::now();
+        for i in 0..names {
+            backend.add_series(
+                &format!("synthetic_gauge_{i:05}"),
+                [("namespace", "default"), ("pod", "web-0")],
+                1.0,
+                now,
+            );
+        }
+        backend
+    }
+
+    #[tokio::test]
+    async fn requests_serve_the_documents_built_once() {
+        let backend = backend(3);
+        let pipeline = pipeline(&backend).await;
+        let cache = DocumentCache::default();
+        let first = cache.documents(&pipeline).await.unwrap();
+        for _ in 0..100 {
+            let again = cache.documents(&pipeline).await.unwrap();
+            assert!(
+                Arc::ptr_eq(&first, &again),
+                "no rebuild while the catalog is the same"
+            );
+        }
+        let list = first.by_path[V1BETA2].clone();
+        assert!(
+            std::str::from_utf8(&list.identity)
+                .unwrap()
+                .contains("pods/synthetic_gauge_00002")
+        );
+
+        // A relist swaps in a new snapshot: the documents are rebuilt, but unchanged bytes keep
+        // their compressed form and tag.
+        pipeline.relist().await.unwrap();
+        let relisted = cache.documents(&pipeline).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &relisted));
+        assert!(Arc::ptr_eq(&list, &relisted.by_path[V1BETA2]));
+
+        // A new metric is a new document with a new tag.
+        backend.add_series(
+            "synthetic_gauge_new",
+            [("namespace", "default"), ("pod", "web-0")],
+            1.0,
+            SystemTime::now(),
+        );
+        pipeline.relist().await.unwrap();
+        let changed = cache.documents(&pipeline).await.unwrap();
+        let new_list = &changed.by_path[V1BETA2];
+        assert_ne!(new_list.etag, list.etag);
+        assert!(
+            std::str::from_utf8(&new_list.identity)
+                .unwrap()
+                .contains("pods/synthetic_gauge_new")
+        );
+        assert!(Arc::ptr_eq(&relisted.by_path["/apis"], &changed.by_path["/apis"]));
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn accept_encoding_weights_and_wildcards() {
+        for accepted in [
+            "gzip",
+            "GZIP",
+            "x-gzip",
+            "deflate, gzip;q=0.1",
+            "*",
+            "br;q=0, *;q=0.5",
+        ] {
+            assert!(
+                accepts_gzip(&headers(&[("accept-encoding", accepted)])),
+                "{accepted}"
+            );
+        }
+        for refused in [
+            "",
+            "identity",
+            "gzip;q=0",
+            "gzip; q=0.000",
+            "*;q=0",
+            "*, gzip;q=0",
+            "br",
+        ] {
+            assert!(
+                !accepts_gzip(&headers(&[("accept-encoding", refused)])),
+                "{refused}"
+            );
+        }
+        assert!(accepts_gzip(&headers(&[
+            ("accept-encoding", "br"),
+            ("accept-encoding", "gzip")
+        ])));
+    }
+
+    #[test]
+    fn if_none_match_lists_wildcards_and_weak_tags() {
+        let etag = HeaderValue::from_static("\"1f-00ab\"");
+        for matching in [
+            "\"1f-00ab\"",
+            "*",
+            "W/\"1f-00ab\"",
+            "\"x\", \"1f-00ab\"",
+            "\"x\",W/\"1f-00ab\"",
+        ] {
+            assert!(
+                if_none_match(&headers(&[("if-none-match", matching)]), &etag),
+                "{matching}"
+            );
+        }
+        for other in ["\"1f-00ac\"", "1f-00ab", "\"x\", \"y\""] {
+            assert!(
+                !if_none_match(&headers(&[("if-none-match", other)]), &etag),
+                "{other}"
+            );
+        }
+        assert!(!if_none_match(&HeaderMap::new(), &etag));
+        assert!(if_none_match(
+            &headers(&[("if-none-match", "\"x\""), ("if-none-match", "\"1f-00ab\"")]),
+            &etag
+        ));
+    }
+
+    /// Times serving `/apis/custom.metrics.k8s.io/v1beta2` with 10,000 metric names: building
+    /// it per request (what the handler did before) against the prebuilt bytes through the
+    /// router. Prints numbers; asserts nothing about time. Run with
+    /// `cargo test --release --lib -- --ignored --nocapture discovery_with_10000`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a test"]
+    async fn discovery_with_10000_metric_names() {
+        let pipeline = pipeline(&backend(10_000)).await;
+        let rounds = 200;
+        let started = Instant::now();
+        let mut size = 0;
+        for _ in 0..rounds {
+            let catalog = pipeline.catalog(None).await;
+            let target = Target::Resources(&GROUPS[0], "v1beta2");
+            let bytes = serde_json::to_vec(&document(&target, &Lists::of(&catalog))).unwrap();
+            size = bytes.len();
+        }
+        let per_request_build = started.elapsed() / rounds;
+
+        let metrics = Arc::new(crate::telemetry::Metrics::default());
+        let context = Arc::new(Context {
+            pipeline: pipeline.clone(),
+            health: Arc::new(Health::new(Vec::new(), metrics.clone())),
+            metrics,
+        });
+        let router = super::super::router(context, None);
+        let request = |encoding: &'static str, tag: Option<&str>| {
+            let mut request = Request::get(V1BETA2).header("accept-encoding", encoding);
+            if let Some(tag) = tag {
+                request = request.header("if-none-match", tag);
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        let first = router.clone().oneshot(request("identity", None)).await.unwrap();
+        let etag = first.headers()[ETAG].to_str().unwrap().to_owned();
+        let mut report = vec![format!(
+            "{size} bytes; built per request (before): {per_request_build:?}"
+        )];
+        for (what, encoding, tag) in [
+            ("prebuilt identity", "identity", None),
+            ("prebuilt gzip", "gzip", None),
+            ("304", "gzip", Some(etag.as_str())),
+        ] {
+            let started = Instant::now();
+            let mut body_size = 0;
+            for _ in 0..rounds {
+                let response = router.clone().oneshot(request(encoding, tag)).await.unwrap();
+                body_size = to_bytes(response.into_body(), usize::MAX).await.unwrap().len();
+            }
+            report.push(format!(
+                "{what} ({body_size} bytes): {:?}",
+                started.elapsed() / rounds
+            ));
+        }
+        println!("v1beta2 with 10,000 metric names: {}", report.join("; "));
+    }
+}
